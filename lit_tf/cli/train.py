@@ -1,0 +1,216 @@
+"""`python train.py [experiment=NAME] [key=value ...]`: the training entry point.
+
+`train(cfg) -> dict` does the work and returns the final metrics (usable from tests and
+sweeps); `main()` checks the command line, then hands over to Hydra.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lit_tf.cli.config_check import ConfigError, check_overrides
+
+log = logging.getLogger("lit_tf")
+
+CONFIG_DIR = Path(os.environ.get("LIT_TF_CONFIG_DIR", Path(__file__).resolve().parents[2] / "conf"))
+RUN_FILE = "run.json"  # sidecar in each run's output dir: MLflow run id, tokenizer key, ...
+
+
+# --------------------------------------------------------------------------------------------
+# resume helpers
+# --------------------------------------------------------------------------------------------
+def find_last_checkpoint(runs_root: Path) -> Path:
+    cands = sorted(runs_root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not cands:
+        raise FileNotFoundError(
+            f"ckpt_path=last: no checkpoint found under {runs_root}/*/checkpoints/last.ckpt "
+            "(train this experiment once first, or give ckpt_path=/path/to/file.ckpt)"
+        )
+    return cands[-1]
+
+
+def resolve_checkpoint(ckpt_path: str | None, runs_root: Path) -> tuple[Path | None, dict]:
+    """(checkpoint file, the run sidecar of the run that wrote it — {} if unknown)."""
+    if not ckpt_path:
+        return None, {}
+    path = find_last_checkpoint(runs_root) if ckpt_path == "last" else Path(ckpt_path).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: {path} does not exist")
+    sidecar = path.parent.parent / RUN_FILE
+    return path, (json.loads(sidecar.read_text()) if sidecar.is_file() else {})
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+def _instantiate_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list:
+    callbacks = []
+    for name, cb_cfg in (cfg.get("callbacks") or {}).items():
+        if cb_cfg is None or "_target_" not in cb_cfg:
+            continue
+        kwargs = {"dirpath": str(ckpt_dir)} if name == "model_checkpoint" else {}
+        callbacks.append(hydra.utils.instantiate(cb_cfg, **kwargs))
+    return callbacks
+
+
+def _final_metrics(trainer) -> dict[str, float]:
+    out = {}
+    for k, v in trainer.callback_metrics.items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Pretrain (or continue) a model as described by the composed config; return final metrics."""
+    import lightning as L
+    import torch
+
+    from lit_tf import __version__
+    from lit_tf.data.datamodule import PretrainDataModule
+    from lit_tf.data.tokenizer import PAD
+    from lit_tf.lit.build import build_model, build_objective, objective_terms, parameter_counts
+    from lit_tf.lit.module import LitModule
+    from lit_tf.tracking import mlflow as tracking
+
+    t0 = time.time()
+    L.seed_everything(int(cfg.seed), workers=True)
+    torch.set_float32_matmul_precision(str(cfg.get("matmul_precision", "high")))
+
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_file, prev_run = resolve_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.runs_root))
+    # A resumed run keeps writing checkpoints next to the ones it resumes from.
+    ckpt_dir = ckpt_file.parent if ckpt_file is not None else out_dir / "checkpoints"
+
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    accumulate = int(trainer_cfg.get("accumulate_grad_batches", 1))
+    dm = PretrainDataModule(
+        OmegaConf.to_container(cfg.data, resolve=True), OmegaConf.to_container(cfg.objective, resolve=True),
+        cache_dir=str(cfg.paths.cache_dir), seed=int(cfg.seed), accumulate_grad_batches=accumulate,
+        max_steps=int(trainer_cfg.get("max_steps", -1)),
+    )
+    tok = dm.prepare()
+    if prev_run.get("tokenizer_key") not in (None, tok.key):
+        raise ValueError(
+            f"ckpt_path: the checkpoint was trained with tokenizer {prev_run['tokenizer_key']} but this config "
+            f"builds {tok.key}: resume with the same data.tokenizer settings and corpus"
+        )
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if int(model_cfg.get("max_seq_len", 0)) < int(cfg.data.max_seq_len):
+        raise ValueError(
+            f"data.max_seq_len={cfg.data.max_seq_len} exceeds model.max_seq_len={model_cfg.get('max_seq_len')}"
+        )
+    objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
+    model = build_model(model_cfg, objective_cfg, tok.vocab_size, pad_id=tok.special_id(PAD))
+    objective = build_objective(objective_cfg)
+    optim = cfg.optim
+    module = LitModule(
+        model, objective, hydra.utils.instantiate(optim.optimizer),
+        weight_decay=float(optim.weight_decay), schedule=str(optim.schedule),
+        warmup_steps=optim.get("warmup_steps"), warmup_ratio=float(optim.get("warmup_ratio") or 0.0),
+        min_lr_ratio=float(optim.get("min_lr_ratio") or 0.0), terms=objective_terms(objective),
+    )
+
+    logger = None
+    if cfg.get("logger") and cfg.logger.get("mlflow"):
+        mcfg = cfg.logger.mlflow
+        tags = {"experiment": str(cfg.name), "git_commit": tracking.git_commit(Path(__file__).parent),
+                "lit_tf_version": __version__, "model_family": str(model_cfg.get("family")),
+                "objective": str(objective_cfg.get("name")), "output_dir": str(out_dir)}
+        if ckpt_file is not None:
+            tags["resumed_from"] = str(ckpt_file)
+        logger = tracking.make_logger(
+            str(mcfg.dir), str(mcfg.experiment_name), cfg.get("run_name") or mcfg.get("run_name"), tags,
+            run_id=prev_run.get("mlflow_run_id"),
+        )
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        tracking.log_text(logger, OmegaConf.to_yaml(resolved), "config/config.yaml")
+        tracking.log_params_now(logger, {**resolved, "model_stats": parameter_counts(model),
+                                         "tokenizer": {"key": tok.key, "vocab_size": tok.vocab_size}})
+        tracking.log_artifact(logger, tok.path, "tokenizer")
+
+    run_info = {"mlflow_run_id": logger.run_id if logger else None, "tokenizer_key": tok.key,
+                "tokenizer_path": str(tok.path), "experiment": str(cfg.name), "checkpoint_dir": str(ckpt_dir)}
+    _write_json_atomic(out_dir / RUN_FILE, run_info)
+    if ckpt_dir.parent != out_dir:
+        _write_json_atomic(ckpt_dir.parent / RUN_FILE, run_info)
+    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=False)
+
+    trainer = L.Trainer(**trainer_cfg, logger=logger if logger else False,
+                        callbacks=_instantiate_callbacks(cfg, ckpt_dir), default_root_dir=str(out_dir))
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_file) if ckpt_file else None)
+
+    metrics = _final_metrics(trainer)
+    ckpt_cb = trainer.checkpoint_callback
+    best = getattr(ckpt_cb, "best_model_path", "") or ""
+    last = getattr(ckpt_cb, "last_model_path", "") or ""
+    if logger is not None:
+        if cfg.logger.mlflow.get("log_checkpoint", True):
+            tracking.log_artifact(logger, best or last, "checkpoints")
+        tracking.flush(logger)
+    metrics.update(run_id=run_info["mlflow_run_id"], best_ckpt=best, last_ckpt=last, output_dir=str(out_dir),
+                   wall_s=time.time() - t0)
+    if trainer.is_global_zero:
+        _print_summary(cfg, metrics, logger)
+    return metrics
+
+
+def _print_summary(cfg: DictConfig, m: dict, logger) -> None:
+    from lit_tf.tracking.mlflow import ui_command
+
+    lines = [
+        "",
+        f"lit_tf: finished '{cfg.name}' in {m['wall_s']:.0f}s",
+        *(f"  {k} = {m[k]:.4f}" for k in sorted(m) if k.startswith(("val/", "train/loss")) and isinstance(m[k], float)),
+        f"  outputs:    {m['output_dir']}",
+        f"  checkpoint: {m['last_ckpt'] or '-'}",
+    ]
+    if logger is not None:
+        lines += [
+            f"  MLflow run: {m['run_id']} (experiment '{cfg.logger.mlflow.experiment_name}', store {cfg.logger.mlflow.dir})",
+            "  open the MLflow UI:  make ui   (serves http://127.0.0.1:5000)",
+            f"            or run:  {ui_command(cfg.logger.mlflow.dir)}",
+            "  resume this run:    python train.py "
+            + (f"experiment={cfg.name} " if cfg.name != "quickstart" else "") + "ckpt_path=last",
+        ]
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    target = cfg.get("optimized_metric")
+    return metrics.get(target) if target else None
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if not any(a in ("-h", "--help", "--hydra-help", "--info", "--cfg", "-c") for a in args):
+        try:
+            check_overrides([a for a in args if not a.startswith("-")], CONFIG_DIR)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""The pretraining DataModule: corpus config -> tokenizer artifact -> token shards -> loaders.
+
+`prepare()` does all heavy, cached work (tokenizer training, sharding) and is called by the
+CLI before the model is built, because the model's `vocab_size` comes from the tokenizer
+artifact. Loaders only read shards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from lit_tf.data import text
+from lit_tf.data.pretraining import MLMCollator, PackedBlockDataset, SentencePairDataset
+from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler
+from lit_tf.data.shards import TokenShard, build_or_load_shards
+from lit_tf.data.tokenizer import CLS, MASK, PAD, SEP, TokenizerArtifact, TokenizerSpec, get_or_train_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CorpusSources:
+    """Where train/val text comes from, resolved from the `data` config group."""
+
+    train: dict
+    val: dict | None  # None: hold out `val_fraction` of the training documents
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> CorpusSources:
+        kinds = {
+            "train_files": bool(cfg.get("train_files")),
+            "hf_name": bool(cfg.get("hf_name")),
+            "builtin": bool(cfg.get("builtin")),
+        }
+        chosen = [k for k, v in kinds.items() if v]
+        if len(chosen) != 1:
+            raise ValueError(
+                f"data: set exactly one of data.train_files, data.hf_name, data.builtin (got {chosen or 'none'})"
+            )
+        field = cfg.get("text_field", "text")
+        if chosen == ["train_files"]:
+            train = {"files": list(cfg["train_files"]), "text_field": field}
+            val = {"files": list(cfg["val_files"]), "text_field": field} if cfg.get("val_files") else None
+        elif chosen == ["hf_name"]:
+            hf = {"hf": cfg["hf_name"], "hf_config": cfg.get("hf_config"), "text_field": field,
+                  "streaming": bool(cfg.get("hf_streaming", False))}
+            train = dict(hf, split=cfg.get("hf_train_split", "train"))
+            val = dict(hf, split=cfg["hf_val_split"]) if cfg.get("hf_val_split") else None
+        else:
+            train = {"builtin": cfg["builtin"], "max_files": cfg.get("builtin_max_files")}
+            val = None
+        if val is None and not cfg.get("val_fraction"):
+            raise ValueError("data: no validation text: set data.val_files (or data.hf_val_split) or data.val_fraction > 0")
+        return cls(train, val)
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Serves masked-LM (and NSP) batches from cached shards.
+
+    Args:
+        data: the `data` config group (sources, tokenizer, max_seq_len, batch_size, ...).
+        objective: the `objective` config group (nsp, masking probabilities, whole_word).
+        cache_dir: where tokenizer artifacts and shards live (keyed by content hash).
+        seed: base seed for example construction, shuffling and masking.
+        accumulate_grad_batches: to translate trainer steps into consumed batches on resume.
+        max_steps: length of the training stream (-1: one pass over the data per epoch).
+    """
+
+    def __init__(
+        self, data: Mapping, objective: Mapping, *, cache_dir: str, seed: int = 0,
+        accumulate_grad_batches: int = 1, max_steps: int = -1,
+    ) -> None:
+        super().__init__()
+        self.cfg, self.obj = dict(data), dict(objective)
+        self.cache_dir, self.seed = Path(cache_dir), int(seed)
+        self.accumulate, self.max_steps = int(accumulate_grad_batches), int(max_steps)
+        self.sources = CorpusSources.from_config(self.cfg)
+        self.tokenizer: TokenizerArtifact | None = None
+        self.shard_dirs: dict[str, Path] = {}
+        self.train_set = self.val_set = None
+
+    # ------------------------------------------------------------------ heavy, cached work
+    def prepare(self) -> TokenizerArtifact:
+        """Train/load the tokenizer and build/load shards. Safe to call repeatedly."""
+        if self.tokenizer is not None:
+            return self.tokenizer
+        tok_cfg = dict(self.cfg.get("tokenizer") or {})
+        max_docs = self.cfg.get("max_docs")
+        train_fp = text.fingerprint(self.sources.train)
+
+        def train_docs():
+            return text.iter_documents(self.sources.train)
+
+        if tok_cfg.get("path"):
+            self.tokenizer = TokenizerArtifact.load(tok_cfg["path"])
+        else:
+            spec = TokenizerSpec.from_config(tok_cfg)
+            self.tokenizer = get_or_train_tokenizer(spec, train_docs, train_fp, self.cache_dir / "tokenizers")
+        shard_root = self.cache_dir / "shards"
+        name = str(self.cfg.get("name", "corpus"))
+        if self.sources.val is None:
+            root = build_or_load_shards(
+                name, train_fp, train_docs, self.tokenizer, shard_root,
+                val_fraction=float(self.cfg["val_fraction"]), max_docs=max_docs,
+            )
+            self.shard_dirs = {"train": root / "train", "val": root / "val"}
+        else:
+            val_src = self.sources.val
+            root = build_or_load_shards(name, train_fp, train_docs, self.tokenizer, shard_root, max_docs=max_docs)
+            vroot = build_or_load_shards(
+                f"{name}-val", text.fingerprint(val_src), lambda: text.iter_documents(val_src), self.tokenizer,
+                shard_root, max_docs=self.cfg.get("max_val_docs"),
+            )
+            self.shard_dirs = {"train": root / "train", "val": vroot / "train"}
+        return self.tokenizer
+
+    def prepare_data(self) -> None:
+        self.prepare()
+
+    # ------------------------------------------------------------------ datasets and loaders
+    @property
+    def nsp(self) -> bool:
+        return bool(self.obj.get("nsp", False))
+
+    def _dataset(self, shard: TokenShard, seed: int):
+        tok = self.tokenizer
+        assert tok is not None
+        max_len = int(self.cfg["max_seq_len"])
+        cls_id, sep_id = tok.special_id(CLS), tok.special_id(SEP)
+        if self.nsp:
+            return SentencePairDataset(
+                shard, max_len, cls_id, sep_id, seed=seed, short_seq_prob=float(self.obj.get("short_seq_prob", 0.1)),
+            )
+        return PackedBlockDataset(shard, max_len, cls_id, sep_id)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+        if self.train_set is None:
+            self.train_set = self._dataset(TokenShard.open(self.shard_dirs["train"]), self.seed)
+            self.val_set = self._dataset(TokenShard.open(self.shard_dirs["val"]), self.seed + 1)
+            log.info("data: %d train / %d val examples", len(self.train_set), len(self.val_set))
+
+    def collator(self) -> MLMCollator:
+        tok = self.tokenizer
+        assert tok is not None
+        return MLMCollator(
+            pad_id=tok.special_id(PAD), mask_id=tok.special_id(MASK), vocab_size=tok.vocab_size,
+            n_special=len(tok.meta["special_ids"]),
+            mlm_probability=float(self.obj.get("mlm_probability", 0.15)),
+            mask_ratio=float(self.obj.get("mask_ratio", 0.8)), random_ratio=float(self.obj.get("random_ratio", 0.1)),
+            whole_word=bool(self.obj.get("whole_word", False)),
+        )
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _consumed_batches(self) -> int:
+        trainer = self.trainer
+        return trainer.global_step * self.accumulate if trainer is not None else 0
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        workers = int(self.cfg.get("num_workers", 0))
+        return {"collate_fn": self.collator(), "num_workers": workers, "persistent_workers": workers > 0,
+                "pin_memory": bool(self.cfg.get("pin_memory", False))}
+
+    def train_dataloader(self) -> ResumableLoader:
+        rank, world = self._rank_world()
+        num_batches = self.max_steps * self.accumulate if self.max_steps > 0 else None
+        sampler = StreamBatchSampler(
+            len(self.train_set), int(self.cfg["batch_size"]), num_batches=num_batches, seed=self.seed,
+            shuffle=True, rank=rank, world_size=world,
+        )
+        return ResumableLoader(self.train_set, batch_sampler=sampler, consumed_batches=self._consumed_batches,
+                               **self._loader_kwargs())
+
+    def val_dataloader(self):
+        from torch.utils.data import DataLoader
+
+        rank, world = self._rank_world()
+        sampler = StreamBatchSampler(
+            len(self.val_set), int(self.cfg.get("val_batch_size") or self.cfg["batch_size"]), seed=self.seed + 1,
+            shuffle=False, rank=rank, world_size=world,
+        )
+        return DataLoader(self.val_set, batch_sampler=sampler, **self._loader_kwargs())

@@ -1,0 +1,104 @@
+"""The one generic LightningModule: a model, an objective and an optimizer, all injected.
+
+The module never knows which family or objective it trains: the objective maps
+`(model, batch)` to a weighted loss plus per-term `(sum, n)` counts; this module backprops the
+loss and turns the counts into exact, DDP-synced metrics (`train/<term>_loss`,
+`val/<term>_loss`, `val/<term>_ppl`, `val/<term>_acc`, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric, SumMetric
+
+from lit_tf.lit.optim import build_optimizer, lr_lambda, warmup_steps_for
+
+# Terms whose exp(loss) is a perplexity worth reporting.
+PPL_TERMS = ("mlm", "clm", "tlm")
+
+
+class LitModule(L.LightningModule):
+    """Args:
+    model: a `lit_tf.models` network.
+    objective: callable `(model, batch) -> ObjectiveOutput` (see `lit_tf.objectives`).
+    optimizer: a partial `torch.optim` constructor taking parameter groups (e.g. AdamW(lr=...)).
+    weight_decay: applied to >= 2-D weights only.
+    schedule: "linear" | "cosine" | "constant" decay after warmup.
+    warmup_steps / warmup_ratio: warmup length (steps wins when >= 0).
+    min_lr_ratio: floor of the decayed LR as a fraction of the peak.
+    terms: names of the objective's terms, so val metrics exist before the first batch.
+    """
+
+    def __init__(
+        self, model: nn.Module, objective: Callable, optimizer: Callable[..., torch.optim.Optimizer], *,
+        weight_decay: float = 0.01, schedule: str = "linear", warmup_steps: int | None = None,
+        warmup_ratio: float = 0.0, min_lr_ratio: float = 0.0, terms: tuple[str, ...] = ("mlm",),
+    ) -> None:
+        super().__init__()
+        self.model, self.objective, self.optimizer_factory = model, objective, optimizer
+        self.weight_decay, self.schedule, self.min_lr_ratio = weight_decay, schedule, min_lr_ratio
+        self.warmup_steps, self.warmup_ratio = warmup_steps, warmup_ratio
+        self.terms = tuple(terms)
+        self.val_loss = nn.ModuleDict({t: MeanMetric() for t in self.terms})
+        self.val_acc = nn.ModuleDict({t: MeanMetric() for t in self.terms})
+        self.val_total = MeanMetric()
+        self.tokens_seen = SumMetric()
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, *args: Any, **kwargs: Any):
+        return self.model(*args, **kwargs)
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.objective(self.model, batch)
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=bs)
+        for name, (s, n) in out.terms.items():
+            self.log(f"train/{name}_loss", s.detach() / n.clamp(min=1), batch_size=bs)
+        n_tok = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
+        self.tokens_seen.update(n_tok)
+        self.log("train/tokens", self.tokens_seen, on_step=True, on_epoch=False)
+        if self._trainer is not None and self.lr_schedulers() is not None:
+            self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
+        return out.loss
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.objective(self.model, batch)
+        bs = batch["input_ids"].shape[0]
+        for name, (s, n) in out.terms.items():
+            if n > 0:
+                self.val_loss[name].update(s / n, weight=n)
+        for name, (c, n) in out.accuracy.items():
+            if n > 0:
+                self.val_acc[name].update(c.float() / n, weight=n)
+        self.val_total.update(out.loss, weight=bs)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {"val/loss": self.val_total.compute()}
+        self.val_total.reset()
+        for name in self.terms:
+            if self.val_loss[name].update_called:
+                loss = self.val_loss[name].compute()
+                metrics[f"val/{name}_loss"] = loss
+                if name in PPL_TERMS:
+                    metrics[f"val/{name}_ppl"] = torch.exp(loss.clamp(max=50.0))
+            if self.val_acc[name].update_called:
+                metrics[f"val/{name}_acc"] = self.val_acc[name].compute()
+            self.val_loss[name].reset()
+            self.val_acc[name].reset()
+        self.log_dict(metrics, prog_bar=False, sync_dist=False)
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self):
+        opt = build_optimizer(self.model, self.optimizer_factory, self.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        if not math.isfinite(total) or total <= 0:
+            raise ValueError("set trainer.max_steps (or max_epochs) so the LR schedule knows its length")
+        warmup = warmup_steps_for(total, self.warmup_steps, self.warmup_ratio)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, warmup, self.schedule, self.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}

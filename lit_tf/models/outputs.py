@@ -1,0 +1,25 @@
+"""Plain dataclasses returned by the models. Models return logits only; losses live in objectives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class EncoderOutput:
+    """Output of a bare encoder (e.g. ``BertModel``)."""
+
+    hidden: Tensor  # (B, T, C) final-layer hidden states
+
+
+@dataclass
+class PreTrainingOutput:
+    """Output of ``BertForPreTraining``."""
+
+    hidden: Tensor  # (B, T, C) final-layer hidden states
+    # (N, V) logits at the N selected positions when mlm_positions was given
+    # (rows in row-major order of the True entries), otherwise (B, T, V)
+    mlm_logits: Tensor
+    nsp_logits: Tensor | None = None  # (B, 2) next-sentence logits; None when the model has no NSP head

@@ -1,0 +1,233 @@
+"""BERT-style masked-language-model corruption (token-level and whole-word).
+
+Everything here is a pure function: randomness comes only from the explicit
+``torch.Generator`` argument, inputs are never mutated, and the same generator
+state always yields the same output.
+
+Both modes share one implementation built on *masking units*: in token-level mode
+every eligible token is its own unit, in whole-word mode every word is a unit.
+Selection (probability ``mlm_probability``) and the 80/10/10 decision
+(``[MASK]`` / random token / keep) are drawn once per unit and broadcast to the
+unit's tokens, so a word is always treated as a whole.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lit_tf.objectives.losses import IGNORE_INDEX
+
+__all__ = ["mask_tokens", "word_ids_from_word_starts"]
+
+
+def _validate(
+    input_ids: Tensor,
+    special_mask: Tensor,
+    word_ids: Tensor | None,
+    mask_id: int,
+    vocab_size: int,
+    mlm_probability: float,
+    mask_ratio: float,
+    random_ratio: float,
+    random_token_low: int,
+) -> None:
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (B, T); got shape {tuple(input_ids.shape)}")
+    if special_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"special_mask shape {tuple(special_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )
+    if special_mask.dtype != torch.bool:
+        raise ValueError(f"special_mask must be a bool tensor; got {special_mask.dtype}")
+    if word_ids is not None and word_ids.shape != input_ids.shape:
+        raise ValueError(
+            f"word_ids shape {tuple(word_ids.shape)} != input_ids shape {tuple(input_ids.shape)}"
+        )
+    if not 0.0 < mlm_probability < 1.0:
+        raise ValueError(f"mlm_probability must be in (0, 1); got {mlm_probability}")
+    if not 0.0 <= mask_ratio <= 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1]; got {mask_ratio}")
+    if not 0.0 <= random_ratio <= 1.0:
+        raise ValueError(f"random_ratio must be in [0, 1]; got {random_ratio}")
+    if mask_ratio + random_ratio > 1.0 + 1e-9:
+        raise ValueError(
+            f"mask_ratio + random_ratio must be <= 1; got {mask_ratio} + {random_ratio} = "
+            f"{mask_ratio + random_ratio}"
+        )
+    if not 0 <= mask_id < vocab_size:
+        raise ValueError(f"mask_id {mask_id} is outside the vocabulary [0, {vocab_size})")
+    if random_ratio > 0 and not 0 <= random_token_low < vocab_size:
+        raise ValueError(
+            f"random_token_low must be in [0, vocab_size={vocab_size}) so random replacements exist; "
+            f"got {random_token_low}"
+        )
+
+
+def _token_units(eligible: Tensor) -> tuple[Tensor, Tensor]:
+    """One unit per eligible token.
+
+    Returns ``(unit_of_token (B, T) with -1 where ineligible, unit_row (W,))``.
+    """
+    flat = eligible.reshape(-1)
+    unit = torch.cumsum(flat.long(), dim=0) - 1
+    unit = torch.where(flat, unit, torch.full_like(unit, -1)).view_as(eligible)
+    unit_row = eligible.nonzero(as_tuple=True)[0]  # row-major order == unit order
+    return unit, unit_row
+
+
+def _word_units(word_ids: Tensor, eligible: Tensor) -> tuple[Tensor, Tensor]:
+    """One unit per (row, word id) pair among eligible tokens.
+
+    Word ids are only compared within a row, so the same id in two rows names two
+    different words. Returns the same structure as :func:`_token_units`.
+    """
+    B, T = word_ids.shape
+    valid = eligible & (word_ids >= 0)
+    wid = torch.where(valid, word_ids.long(), torch.zeros_like(word_ids, dtype=torch.long))
+    span = int(wid.max().item()) + 1 if valid.any() else 1
+    rows = torch.arange(B, device=word_ids.device).unsqueeze(1).expand(B, T)
+    key = rows * span + wid  # unique per (row, word)
+    uniq, inverse = torch.unique(key[valid], return_inverse=True)  # uniq is sorted => grouped by row
+    unit = torch.full((B, T), -1, dtype=torch.long, device=word_ids.device)
+    unit[valid] = inverse
+    return unit, torch.div(uniq, span, rounding_mode="floor")
+
+
+def _rand(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+    """Uniform [0, 1) draws from ``generator`` (on its device), moved to ``device``."""
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def mask_tokens(
+    input_ids: Tensor,
+    *,
+    special_mask: Tensor,
+    mask_id: int,
+    vocab_size: int,
+    generator: torch.Generator,
+    mlm_probability: float = 0.15,
+    mask_ratio: float = 0.8,
+    random_ratio: float = 0.1,
+    word_ids: Tensor | None = None,
+    random_token_low: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Apply BERT's MLM corruption to a batch.
+
+    Args:
+        input_ids: ``(B, T)`` int64 token ids. Not modified.
+        special_mask: ``(B, T)`` bool, ``True`` where a token must never be selected
+            (CLS/SEP/PAD/...).
+        mask_id: id of the ``[MASK]`` token.
+        vocab_size: vocabulary size; random replacements are drawn from
+            ``[random_token_low, vocab_size)``.
+        generator: the only source of randomness.
+        mlm_probability: probability of selecting each eligible token (or word).
+        mask_ratio: share of selected units replaced by ``mask_id``.
+        random_ratio: share of selected units replaced by random tokens; the rest
+            (``1 - mask_ratio - random_ratio``) is left unchanged.
+        word_ids: optional ``(B, T)`` word index of each token within its row
+            (tokens of one word share an id, different words differ, ``-1`` for
+            special/pad positions). When given, masking is whole-word: a word is
+            selected with ``mlm_probability`` and all its tokens get the same
+            treatment (all ``[MASK]``, all random, or all kept). Tokens with a negative
+            word id are never selected.
+        random_token_low: lowest id a random replacement may take; pass the number
+            of special tokens (ids ``0..n_special-1``) so specials are never drawn.
+
+    Every row with at least one eligible token gets at least one selected unit: if
+    the Bernoulli draws select none, one eligible unit is chosen uniformly.
+
+    Returns:
+        ``(masked_input_ids, labels)``: a corrupted copy of ``input_ids`` and labels
+        holding the original id at selected positions and ``IGNORE_INDEX`` elsewhere.
+    """
+    _validate(
+        input_ids,
+        special_mask,
+        word_ids,
+        mask_id,
+        vocab_size,
+        mlm_probability,
+        mask_ratio,
+        random_ratio,
+        random_token_low,
+    )
+    device = input_ids.device
+    B, T = input_ids.shape
+    eligible = ~special_mask.to(device)
+
+    if word_ids is None:
+        unit, unit_row = _token_units(eligible)
+    else:
+        unit, unit_row = _word_units(word_ids.to(device), eligible)
+    n_units = unit_row.numel()
+
+    # 1) Bernoulli selection per unit.
+    selected = _rand((n_units,), generator, device) < mlm_probability
+
+    # 2) Guarantee >= 1 selected unit per row that has any unit: order units by
+    #    (row, random score) and take the first unit of each row as the fallback.
+    fallback_score = _rand((n_units,), generator, device)
+    order = torch.argsort(fallback_score)
+    order = order[torch.argsort(unit_row[order], stable=True)]
+    rows_sorted = unit_row[order]
+    is_first = torch.ones_like(rows_sorted, dtype=torch.bool)
+    is_first[1:] = rows_sorted[1:] != rows_sorted[:-1]
+    row_has_selection = torch.zeros(B, dtype=torch.bool, device=device)
+    row_has_selection[unit_row[selected]] = True
+    needs_fallback = is_first & ~row_has_selection[rows_sorted]
+    selected[order[needs_fallback]] = True
+
+    # 3) 80/10/10 decision per unit.
+    decision = _rand((n_units,), generator, device)
+    to_mask = selected & (decision < mask_ratio)
+    to_random = selected & (decision >= mask_ratio) & (decision < mask_ratio + random_ratio)
+
+    # 4) Broadcast unit decisions to tokens.
+    has_unit = unit >= 0
+    idx = unit.clamp(min=0)
+
+    def per_token(flags: Tensor) -> Tensor:
+        if n_units == 0:
+            return torch.zeros((B, T), dtype=torch.bool, device=device)
+        return flags[idx] & has_unit
+
+    tok_selected = per_token(selected)
+    tok_mask = per_token(to_mask)
+    tok_random = per_token(to_random)
+
+    random_tokens = torch.randint(
+        random_token_low, vocab_size, (B, T), generator=generator, device=generator.device
+    ).to(device=device, dtype=input_ids.dtype)
+
+    labels = torch.where(tok_selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    masked = torch.where(tok_mask, torch.full_like(input_ids, mask_id), input_ids)
+    masked = torch.where(tok_random, random_tokens, masked)
+    return masked, labels
+
+
+def word_ids_from_word_starts(word_start: Tensor, special_mask: Tensor) -> Tensor:
+    """Turn per-token "begins a new word" flags into per-row word ids.
+
+    Args:
+        word_start: ``(B, T)`` bool, ``True`` where a token starts a new word.
+        special_mask: ``(B, T)`` bool, ``True`` for special/pad tokens.
+
+    Returns:
+        ``(B, T)`` int64 word ids numbered ``0, 1, ...`` within each row, ``-1`` at
+        special positions. A special token also ends the preceding word: any
+        non-special token at the start of a row or right after a special token
+        starts a new word even if its flag is ``False``.
+    """
+    if word_start.shape != special_mask.shape or word_start.dim() != 2:
+        raise ValueError(
+            f"word_start {tuple(word_start.shape)} and special_mask {tuple(special_mask.shape)} "
+            "must both be (B, T)"
+        )
+    special = special_mask.bool()
+    prev_special = torch.ones_like(special)
+    prev_special[:, 1:] = special[:, :-1]
+    starts = ~special & (word_start.bool() | prev_special)
+    ids = torch.cumsum(starts.long(), dim=1) - 1
+    return torch.where(special, torch.full_like(ids, -1), ids)
