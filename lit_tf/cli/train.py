@@ -68,6 +68,11 @@ def _instantiate_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list:
     return callbacks
 
 
+def _job_config(cfg: DictConfig) -> DictConfig:
+    """The run's own config (without the `hydra` node that compose(return_hydra_config=True) adds)."""
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+
+
 def _final_metrics(trainer) -> dict[str, float]:
     out = {}
     for k, v in trainer.callback_metrics.items():
@@ -78,8 +83,11 @@ def _final_metrics(trainer) -> dict[str, float]:
     return out
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Pretrain (or continue) a model as described by the composed config; return final metrics."""
+def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
+    """Pretrain (or continue) a model as described by the composed config; return final metrics.
+
+    `callbacks` are added to those the config names (sweepers pass their pruning callback here).
+    """
     import lightning as L
     import torch
 
@@ -141,7 +149,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             str(mcfg.dir), str(mcfg.experiment_name), cfg.get("run_name") or mcfg.get("run_name"), tags,
             run_id=prev_run.get("mlflow_run_id"),
         )
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = OmegaConf.to_container(_job_config(cfg), resolve=True)
         tracking.log_text(logger, OmegaConf.to_yaml(resolved), "config/config.yaml")
         tracking.log_params_now(logger, {**resolved, "model_stats": parameter_counts(model),
                                          "tokenizer": {"key": tok.key, "vocab_size": tok.vocab_size}})
@@ -152,10 +160,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     _write_json_atomic(out_dir / RUN_FILE, run_info)
     if ckpt_dir.parent != out_dir:
         _write_json_atomic(ckpt_dir.parent / RUN_FILE, run_info)
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=False)
+    OmegaConf.save(_job_config(cfg), out_dir / "config.yaml", resolve=False)
 
     trainer = L.Trainer(**trainer_cfg, logger=logger if logger else False,
-                        callbacks=_instantiate_callbacks(cfg, ckpt_dir), default_root_dir=str(out_dir))
+                        callbacks=_instantiate_callbacks(cfg, ckpt_dir) + list(callbacks or []), default_root_dir=str(out_dir))
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_file) if ckpt_file else None)
 
     metrics = _final_metrics(trainer)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 from lit_tf.data import text
 from lit_tf.data.pretraining import MLMCollator, PackedBlockDataset, SentencePairDataset
@@ -167,8 +168,11 @@ class PretrainDataModule(L.LightningDataModule):
 
     def _loader_kwargs(self) -> dict[str, Any]:
         workers = int(self.cfg.get("num_workers", 0))
+        # The loader's own generator keeps iterator creation from consuming the global RNG
+        # (which dropout uses), so a resumed run sees the same random stream.
         return {"collate_fn": self.collator(), "num_workers": workers, "persistent_workers": workers > 0,
-                "pin_memory": bool(self.cfg.get("pin_memory", False))}
+                "pin_memory": bool(self.cfg.get("pin_memory", False)),
+                "generator": torch.Generator().manual_seed(self.seed)}
 
     def train_dataloader(self) -> ResumableLoader:
         rank, world = self._rank_world()

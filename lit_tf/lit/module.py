@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MeanMetric, SumMetric
+from torchmetrics import MeanMetric
 
 from lit_tf.lit.optim import build_optimizer, lr_lambda, warmup_steps_for
 
@@ -48,7 +48,8 @@ class LitModule(L.LightningModule):
         self.val_loss = nn.ModuleDict({t: MeanMetric() for t in self.terms})
         self.val_acc = nn.ModuleDict({t: MeanMetric() for t in self.terms})
         self.val_total = MeanMetric()
-        self.tokens_seen = SumMetric()
+        # Real (non-padding) tokens trained on by this rank; a buffer so checkpoints carry it.
+        self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.float64), persistent=True)
 
     # ------------------------------------------------------------------ steps
     def forward(self, *args: Any, **kwargs: Any):
@@ -61,8 +62,9 @@ class LitModule(L.LightningModule):
         for name, (s, n) in out.terms.items():
             self.log(f"train/{name}_loss", s.detach() / n.clamp(min=1), batch_size=bs)
         n_tok = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
-        self.tokens_seen.update(n_tok)
-        self.log("train/tokens", self.tokens_seen, on_step=True, on_epoch=False)
+        self.tokens_seen += n_tok
+        # Every rank sees batches of the same shape, so rank-local x world size is the global count.
+        self.log("train/tokens", self.tokens_seen * self.trainer.world_size, on_step=True, on_epoch=False)
         if self._trainer is not None and self.lr_schedulers() is not None:
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
         return out.loss
@@ -92,6 +94,21 @@ class LitModule(L.LightningModule):
             self.val_loss[name].reset()
             self.val_acc[name].reset()
         self.log_dict(metrics, prog_bar=False, sync_dist=False)
+
+    # ------------------------------------------------------------------ exact resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Dropout draws from the global generator: store it so a resumed run continues the same
+        # random stream (data order and masking are already functions of the step).
+        checkpoint["lit_tf_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["lit_tf_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("lit_tf_rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):

@@ -1,0 +1,138 @@
+"""End to end: the real configs, the real CLI, MLflow store, checkpoints and resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import CONF, ROOT, SHARED
+
+from lit_tf.cli.train import train
+
+SMOKE = ["debug=smoke"]
+
+
+def _mlflow_run(mlruns: Path, run_id: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
+    return client, client.get_run(run_id)
+
+
+def _artifacts(client, run_id: str, path: str = "") -> set[str]:
+    out = set()
+    for f in client.list_artifacts(run_id, path):
+        out |= _artifacts(client, run_id, f.path) if f.is_dir else {f.path}
+    return out
+
+
+def test_quickstart_cli_smoke_logs_everything(tmp_path, cache_dir):
+    """`python train.py debug=smoke` (the quickstart, tiny): train, validate, log, checkpoint."""
+    env = dict(os.environ, LIT_TF_CACHE=str(cache_dir), LIT_TF_SHARED_DATA=str(SHARED))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "debug=smoke", "trainer.max_steps=8", "trainer.val_check_interval=4",
+         f"paths.root_dir={tmp_path}", "hydra.job.chdir=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MLflow run:" in proc.stdout and "make ui" in proc.stdout
+    run_id = proc.stdout.split("MLflow run: ")[1].split()[0]
+    client, run = _mlflow_run(tmp_path / "mlruns", run_id)
+    assert run.info.status == "FINISHED"
+    p = run.data.params
+    assert p["model.d_model"] == "32" and p["objective.name"] == "mlm_nsp" and int(p["model_stats.n_params"]) > 0
+    assert run.data.tags["experiment"] == "quickstart" and run.data.tags["lit_tf_version"]
+    assert run.data.tags["git_commit"]
+    for m in ("val/mlm_loss", "val/mlm_acc", "val/nsp_acc", "val/mlm_ppl", "train/loss", "train/lr", "train/tokens"):
+        assert m in run.data.metrics, m
+    steps = [h.step for h in client.get_metric_history(run_id, "train/loss")]
+    assert len(steps) >= 4 and max(steps) >= 6
+    arts = _artifacts(client, run_id)
+    assert "config/config.yaml" in arts and "tokenizer/tokenizer.json" in arts
+    assert any(a.startswith("checkpoints/") and a.endswith(".ckpt") for a in arts)
+    ckpts = list((tmp_path / "outputs" / "quickstart" / "runs").glob("*/checkpoints/last.ckpt"))
+    assert len(ckpts) == 1
+
+
+def test_cli_typo_fails_before_work_with_suggestion(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "data.bach_size=3", "trainer.max_steps=abc"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "data.bach_size" in proc.stderr and "did you mean 'data.batch_size'" in proc.stderr
+    assert "trainer.max_steps" in proc.stderr and "expects an integer" in proc.stderr
+    assert not (tmp_path / "outputs").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_runs_smoke(compose, experiment):
+    cfg = compose([f"experiment={experiment}", *SMOKE, "logger=none"])
+    m = train(cfg)
+    assert m["val/mlm_loss"] > 0 and Path(m["last_ckpt"]).is_file()
+
+
+class _CrashAtStep(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_continues_same_run_with_identical_results(compose, tmp_path):
+    common = [*SMOKE, "trainer.max_steps=8", "trainer.val_check_interval=4", "model.dropout=0.1"]
+    # uninterrupted reference
+    ref = train(compose(common, out=tmp_path / "ref"))
+
+    # the same run, crashed after the step-4 checkpoint, then resumed with ckpt_path=last
+    out = tmp_path / "crash"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose(common, out=out), callbacks=[_CrashAtStep(4)])
+    resumed = train(compose([*common, "ckpt_path=last", "paths.output_dir=${paths.runs_root}/run2"], out=out))
+
+    assert resumed["run_id"] is not None
+    first_run_id = (out / "outputs" / "quickstart" / "runs" / "run" / "run.json").read_text()
+    assert resumed["run_id"] in first_run_id  # same MLflow run
+    assert resumed["val/mlm_loss"] == pytest.approx(ref["val/mlm_loss"], abs=1e-5)
+    assert resumed["val/nsp_acc"] == pytest.approx(ref["val/nsp_acc"], abs=1e-6)
+    a = torch.load(ref["last_ckpt"], map_location="cpu", weights_only=False)
+    b = torch.load(resumed["last_ckpt"], map_location="cpu", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 8
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=1e-6, msg=k)
+    # optimizer and scheduler continued (not restarted)
+    assert b["lr_schedulers"][0]["last_epoch"] == 8
+    client, run = _mlflow_run(out / "mlruns", resumed["run_id"])
+    steps = sorted(h.step for h in client.get_metric_history(resumed["run_id"], "train/loss"))
+    assert steps[0] <= 1 and steps[-1] >= 7  # one run holds the whole curve
+    assert run.info.status == "FINISHED" and "resumed_from" in run.data.tags
+
+
+def test_resume_last_without_checkpoint_is_clear(compose):
+    cfg = compose([*SMOKE, "ckpt_path=last", "logger=none"])
+    with pytest.raises(FileNotFoundError, match="ckpt_path=last: no checkpoint found"):
+        train(cfg)
+
+
+def test_mlm_loss_falls_on_real_text(compose):
+    """A short MLM run on WikiText-2 + Tiny Shakespeare: validation MLM loss drops clearly."""
+    cfg = compose([
+        "experiment=bert_mlm_nsp_en", "objective=mlm", "model=bert_tiny", "model.d_model=64", "model.d_ff=256",
+        "data.max_docs=3000", "data.max_seq_len=64", "data.batch_size=32", "data.tokenizer.vocab_size=4000",
+        "trainer.max_steps=240", "trainer.val_check_interval=20", "trainer.limit_val_batches=8",
+        "optim.optimizer.lr=2e-3",
+    ])
+    m = train(cfg)
+    client, run = _mlflow_run(Path(cfg.paths.mlruns_dir), m["run_id"])
+    hist = sorted(client.get_metric_history(m["run_id"], "val/mlm_loss"), key=lambda h: h.step)
+    first, last = hist[0].value, hist[-1].value
+    assert last < first - 0.7, [round(h.value, 3) for h in hist]
+    acc = sorted(client.get_metric_history(m["run_id"], "val/mlm_acc"), key=lambda h: h.step)
+    assert acc[-1].value > acc[0].value + 0.03

@@ -1,0 +1,57 @@
+"""Shared fixtures: compose the real Hydra configs with overrides, in temp dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED = Path(os.environ.get("LIT_TF_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared_file(rel: str) -> Path:
+    path = SHARED / rel
+    if not path.is_file():
+        pytest.skip(f"shared data file missing: {path} (set LIT_TF_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One tokenizer/shard cache for the whole session (content-hashed, so sharing is safe)."""
+    return tmp_path_factory.mktemp("lit_tf_cache")
+
+
+@pytest.fixture
+def compose(tmp_path, cache_dir):
+    """compose(overrides) -> DictConfig of conf/train.yaml, with every output under tmp_path."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    def _compose(overrides: list[str] = (), out: Path | None = None):
+        out = out or tmp_path
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = hydra_compose(
+                config_name="train",
+                overrides=[
+                    f"paths.root_dir={ROOT}",
+                    f"paths.shared_data={SHARED}",
+                    f"paths.cache_dir={cache_dir}",
+                    f"paths.log_dir={out / 'outputs'}",
+                    f"paths.mlruns_dir={out / 'mlruns'}",
+                    "paths.output_dir=${paths.runs_root}/run",
+                    *overrides,
+                ],
+                return_hydra_config=True,
+            )
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
