@@ -93,7 +93,10 @@ class LitModule(L.LightningModule):
                 metrics[f"val/{name}_acc"] = self.val_acc[name].compute()
             self.val_loss[name].reset()
             self.val_acc[name].reset()
-        self.log_dict(metrics, prog_bar=False, sync_dist=False)
+        main = self.terms[0]
+        shown = {k: v for k, v in metrics.items() if k in (f"val/{main}_loss", f"val/{main}_acc")}
+        self.log_dict(shown, prog_bar=True)
+        self.log_dict({k: v for k, v in metrics.items() if k not in shown})
 
     # ------------------------------------------------------------------ exact resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
