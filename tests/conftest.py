@@ -28,30 +28,21 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def compose(tmp_path, cache_dir):
     """compose(overrides) -> DictConfig of conf/train.yaml, with every output under tmp_path."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
+
+    from lit_tf.cli.train import compose_config
 
     def _compose(overrides: list[str] = (), out: Path | None = None):
         out = out or tmp_path
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = hydra_compose(
-                config_name="train",
-                overrides=[
-                    f"paths.root_dir={ROOT}",
-                    f"paths.shared_data={SHARED}",
-                    f"paths.cache_dir={cache_dir}",
-                    f"paths.log_dir={out / 'outputs'}",
-                    f"paths.mlruns_dir={out / 'mlruns'}",
-                    "paths.output_dir=${paths.runs_root}/run",
-                    *overrides,
-                ],
-                return_hydra_config=True,
-            )
-        HydraConfig.instance().set_config(cfg)
-        return cfg
+        return compose_config([
+            f"paths.root_dir={ROOT}",
+            f"paths.shared_data={SHARED}",
+            f"paths.cache_dir={cache_dir}",
+            f"paths.log_dir={out / 'outputs'}",
+            f"paths.mlruns_dir={out / 'mlruns'}",
+            "paths.output_dir=${paths.runs_root}/run",
+            *overrides,
+        ])
 
     yield _compose
     GlobalHydra.instance().clear()

@@ -56,6 +56,31 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# programmatic use (tests, benchmarks, notebooks)
+# --------------------------------------------------------------------------------------------
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose conf/train.yaml with overrides outside `python train.py`, ready for `train(cfg)`.
+
+    Paths default to the current directory and a fresh time-stamped run folder, as on the
+    command line; pass `paths.*` overrides to move them.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[f"paths.root_dir={os.getcwd()}", "paths.output_dir=${paths.runs_root}/${now:%Y-%m-%d_%H-%M-%S_%f}",
+                       *overrides],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------------------------
 def _instantiate_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list:

@@ -146,3 +146,22 @@ def test_whole_word_groups_match_words(tmp_path, shakespeare_docs, kind):
         cols = word_ids[0] == w
         per_row = selected[:, cols]
         assert bool((per_row.all(1) | ~per_row.any(1)).all()), f"word {w} partially masked"
+
+
+def test_hf_datasets_path_with_local_files(tmp_path, monkeypatch):
+    """The `data.hf_name` code path is the real `datasets.load_dataset`, here on a local folder."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    d = tmp_path / "my_corpus"
+    d.mkdir()
+    rows = [{"text": "The first article. It is short."}, {"text": ""}, {"text": "Second one."}]
+    (d / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (d / "validation.jsonl").write_text(json.dumps({"text": "Held out text."}) + "\n")
+    from lit_tf.data.datamodule import CorpusSources
+
+    src = CorpusSources.from_config({"hf_name": str(d), "hf_val_split": "validation", "text_field": "text"})
+    assert list(text.iter_documents(src.train)) == [["The first article.", "It is short."], ["Second one."]]
+    assert list(text.iter_documents(src.val)) == [["Held out text."]]
+    bad = CorpusSources.from_config({"hf_name": str(d), "text_field": "body", "val_fraction": 0.1})
+    with pytest.raises(text.CorpusError, match="no column 'body'"):
+        list(text.iter_documents(bad.train))
