@@ -10,8 +10,20 @@ from lit_tf.models.bert import (
     BertNSPHead,
     BertPooler,
 )
+from lit_tf.models.generation import filter_logits, generate
+from lit_tf.models.gpt import GPTBlock, GPTConfig, GPTForCausalLM, GPTModel
 from lit_tf.models.layers import ACTIVATIONS, FeedForward, KVCache, MultiHeadAttention, count_parameters
-from lit_tf.models.outputs import EncoderOutput, PreTrainingOutput
+from lit_tf.models.outputs import CausalLMOutput, EncoderOutput, PreTrainingOutput
+from lit_tf.models.xlm import (
+    GradReverse,
+    LanguageDiscriminator,
+    XLMConfig,
+    XLMEmbeddings,
+    XLMForPreTraining,
+    XLMModel,
+    grad_reverse,
+    mean_pool,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -23,10 +35,25 @@ __all__ = [
     "BertModel",
     "BertNSPHead",
     "BertPooler",
+    "CausalLMOutput",
     "EncoderOutput",
     "FeedForward",
+    "GPTBlock",
+    "GPTConfig",
+    "GPTForCausalLM",
+    "GPTModel",
+    "GradReverse",
     "KVCache",
+    "LanguageDiscriminator",
     "MultiHeadAttention",
     "PreTrainingOutput",
+    "XLMConfig",
+    "XLMEmbeddings",
+    "XLMForPreTraining",
+    "XLMModel",
     "count_parameters",
+    "filter_logits",
+    "generate",
+    "grad_reverse",
+    "mean_pool",
 ]

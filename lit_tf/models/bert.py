@@ -127,9 +127,11 @@ class BertBlock(nn.Module):
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff, dropout=cfg.dropout, activation=cfg.activation)
         self.ffn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        """x (B, T, C) -> (B, T, C). is_causal: position t attends only to positions <= t
+        (BERT never sets it; XLM's CLM mode reuses this block with it)."""
         x = self.attn_norm(
-            x + self.attn_dropout(self.attn(x, key_padding_mask=key_padding_mask))
+            x + self.attn_dropout(self.attn(x, key_padding_mask=key_padding_mask, is_causal=is_causal))
         )  # (B, T, C)
         x = self.ffn_norm(x + self.ffn(x))  # (B, T, C)
         return x

@@ -139,11 +139,13 @@ class MultiHeadAttention(nn.Module):
 class FeedForward(nn.Module):
     """Position-wise MLP: Linear(C, d_ff) -> activation -> Linear(d_ff, C) -> dropout."""
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "gelu"):
+    def __init__(
+        self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "gelu", bias: bool = True
+    ):
         super().__init__()
-        self.fc_in = nn.Linear(d_model, d_ff)
+        self.fc_in = nn.Linear(d_model, d_ff, bias=bias)
         self.act = make_activation(activation)
-        self.fc_out = nn.Linear(d_ff, d_model)
+        self.fc_out = nn.Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:

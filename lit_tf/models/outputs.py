@@ -23,3 +23,12 @@ class PreTrainingOutput:
     # (rows in row-major order of the True entries), otherwise (B, T, V)
     mlm_logits: Tensor
     nsp_logits: Tensor | None = None  # (B, 2) next-sentence logits; None when the model has no NSP head
+
+
+@dataclass
+class CausalLMOutput:
+    """Output of ``GPTForCausalLM``: next-token logits at every position (unshifted: logits at
+    position t score token t + 1; the shift happens in the objective)."""
+
+    hidden: Tensor  # (B, T, C) final hidden states (after the final LayerNorm)
+    lm_logits: Tensor  # (B, T, V)
