@@ -20,7 +20,15 @@ from lit_tf.data import text
 from lit_tf.data.pretraining import MLMCollator, PackedBlockDataset, SentencePairDataset
 from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler
 from lit_tf.data.shards import TokenShard, build_or_load_shards
-from lit_tf.data.tokenizer import CLS, MASK, PAD, SEP, TokenizerArtifact, TokenizerSpec, get_or_train_tokenizer
+from lit_tf.data.tokenizer import (
+    CLS,
+    MASK,
+    PAD,
+    SEP,
+    TokenizerArtifact,
+    TokenizerSpec,
+    get_or_train_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,13 @@ masked positions selected for prediction.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lit_tf.models.layers import (
-    ACTIVATIONS,
+    ConfigMixin,
     FeedForward,
     MultiHeadAttention,
     count_parameters,
@@ -25,7 +23,7 @@ from lit_tf.models.outputs import EncoderOutput, PreTrainingOutput
 
 
 @dataclass
-class BertConfig:
+class BertConfig(ConfigMixin):
     vocab_size: int  # number of tokens in the vocabulary (V)
     d_model: int = 256  # hidden size (C)
     n_layers: int = 4  # number of Transformer blocks
@@ -41,53 +39,7 @@ class BertConfig:
     activation: str = "gelu"  # feed-forward / MLM-head activation: "gelu" (erf) or "gelu_tanh"
 
     def __post_init__(self) -> None:
-        for name in (
-            "vocab_size",
-            "d_model",
-            "n_layers",
-            "n_heads",
-            "d_ff",
-            "max_seq_len",
-            "type_vocab_size",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"BertConfig.{name} must be a positive int, got {value!r}")
-        if self.d_model % self.n_heads != 0:
-            raise ValueError(
-                f"BertConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
-            )
-        for name in ("dropout", "attn_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
-        for name in ("layer_norm_eps", "init_std"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"BertConfig.{name} must be > 0, got {value!r}")
-        if not 0 <= self.pad_id < self.vocab_size:
-            raise ValueError(
-                f"BertConfig.pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id}"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"BertConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BertConfig:
-        """Build a config from a plain dict; unknown keys are an error, not silently dropped."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in valid:
-                raise ValueError(f"unknown BertConfig field {key!r}; valid fields are: {', '.join(valid)}")
-        missing = [
-            f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in d
-        ]
-        if missing:
-            raise ValueError(f"BertConfig is missing required field(s): {', '.join(missing)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        self.validate(positive=("type_vocab_size",))
 
 
 class BertEmbeddings(nn.Module):

@@ -8,20 +8,18 @@ happens in the objective, never here.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lit_tf.models.layers import ACTIVATIONS, FeedForward, KVCache, MultiHeadAttention, count_parameters
+from lit_tf.models.layers import ConfigMixin, FeedForward, KVCache, MultiHeadAttention, count_parameters
 from lit_tf.models.outputs import CausalLMOutput, EncoderOutput
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ConfigMixin):
     vocab_size: int  # number of tokens in the vocabulary (V)
     d_model: int = 256  # hidden size (C)
     n_layers: int = 4  # number of Transformer blocks
@@ -37,47 +35,7 @@ class GPTConfig:
     bias: bool = True  # biases in the Linear layers and LayerNorms (the LM head never has one)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
-        if self.d_model % self.n_heads != 0:
-            raise ValueError(
-                f"GPTConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
-            )
-        for name in ("dropout", "attn_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {value!r}")
-        for name in ("layer_norm_eps", "init_std"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"GPTConfig.{name} must be > 0, got {value!r}")
-        if not 0 <= self.pad_id < self.vocab_size:
-            raise ValueError(
-                f"GPTConfig.pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id}"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"GPTConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if not isinstance(self.bias, bool):
-            raise TypeError(f"GPTConfig.bias must be a bool, got {self.bias!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        """Build a config from a plain dict; unknown keys are an error, not silently dropped."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in valid:
-                raise ValueError(f"unknown GPTConfig field {key!r}; valid fields are: {', '.join(valid)}")
-        missing = [
-            f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in d
-        ]
-        if missing:
-            raise ValueError(f"GPTConfig is missing required field(s): {', '.join(missing)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        self.validate(flags=("bias",))
 
 
 class GPTBlock(nn.Module):

@@ -6,6 +6,9 @@ H = number of heads, Dh = C // H (head size).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -151,3 +154,53 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # (..., C) -> (..., d_ff) -> (..., C)
         return self.dropout(self.fc_out(self.act(self.fc_in(x))))
+
+
+class ConfigMixin:
+    """Validation and dict round-trip shared by every family's config dataclass.
+
+    A family's `__post_init__` calls `self.validate(positive=(...), flags=(...))` for the checks
+    all Transformer configs share, then adds its own.
+    """
+
+    def validate(self, positive: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> None:
+        name = type(self).__name__
+        for f in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", *positive):
+            value = getattr(self, f)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}.{f} must be a positive int, got {value!r}")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"{name}.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        for f in ("dropout", "attn_dropout"):
+            value = getattr(self, f)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name}.{f} must be in [0, 1), got {value!r}")
+        for f in ("layer_norm_eps", "init_std"):
+            value = getattr(self, f)
+            if not value > 0:
+                raise ValueError(f"{name}.{f} must be > 0, got {value!r}")
+        for f in flags:
+            if not isinstance(getattr(self, f), bool):
+                raise TypeError(f"{name}.{f} must be a bool, got {getattr(self, f)!r}")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"{name}.pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"{name}.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """Build a config from a plain dict; unknown keys are an error, not silently dropped."""
+        fields = dataclasses.fields(cls)
+        valid = [f.name for f in fields]
+        for key in d:
+            if key not in valid:
+                raise ValueError(
+                    f"unknown {cls.__name__} field {key!r}; valid fields are: {', '.join(valid)}"
+                )
+        missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in d]
+        if missing:
+            raise ValueError(f"{cls.__name__} is missing required field(s): {', '.join(missing)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

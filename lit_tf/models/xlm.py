@@ -17,7 +17,6 @@ V = vocab_size, L = n_langs, N = number of positions selected for prediction.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from lit_tf.models.bert import BertBlock, BertConfig, BertMLMHead, _init_bert_weights
-from lit_tf.models.layers import ACTIVATIONS, count_parameters
+from lit_tf.models.layers import ConfigMixin, count_parameters
 from lit_tf.models.outputs import EncoderOutput, PreTrainingOutput
 
 
 @dataclass
-class XLMConfig:
+class XLMConfig(ConfigMixin):
     vocab_size: int  # number of tokens in the (shared, multilingual) vocabulary (V)
     n_langs: int = 2  # number of languages (L); language ids are 0 .. n_langs - 1
     d_model: int = 256  # hidden size (C)
@@ -48,49 +47,7 @@ class XLMConfig:
     activation: str = "gelu"  # feed-forward / LM-head activation: "gelu" (erf) or "gelu_tanh"
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_langs", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"XLMConfig.{name} must be a positive int, got {value!r}")
-        if self.d_model % self.n_heads != 0:
-            raise ValueError(
-                f"XLMConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
-            )
-        for name in ("dropout", "attn_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"XLMConfig.{name} must be in [0, 1), got {value!r}")
-        for name in ("layer_norm_eps", "init_std"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"XLMConfig.{name} must be > 0, got {value!r}")
-        for name in ("use_lang_emb", "causal"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise TypeError(f"XLMConfig.{name} must be a bool, got {value!r}")
-        if not 0 <= self.pad_id < self.vocab_size:
-            raise ValueError(
-                f"XLMConfig.pad_id must be in [0, vocab_size={self.vocab_size}), got {self.pad_id}"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"XLMConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> XLMConfig:
-        """Build a config from a plain dict; unknown keys are an error, not silently dropped."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in valid:
-                raise ValueError(f"unknown XLMConfig field {key!r}; valid fields are: {', '.join(valid)}")
-        missing = [
-            f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in d
-        ]
-        if missing:
-            raise ValueError(f"XLMConfig is missing required field(s): {', '.join(missing)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        self.validate(positive=("n_langs",), flags=("use_lang_emb", "causal"))
 
     def as_bert_config(self) -> BertConfig:
         """The ``BertConfig`` holding the fields XLM shares with BERT, used to build the reused
