@@ -117,9 +117,9 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     import torch
 
     from lit_tf import __version__
-    from lit_tf.data.datamodule import PretrainDataModule
+    from lit_tf.data.datamodule import build_datamodule
     from lit_tf.data.tokenizer import PAD
-    from lit_tf.lit.build import build_model, build_objective, objective_terms, parameter_counts
+    from lit_tf.lit.build import build_model, build_objective, parameter_counts
     from lit_tf.lit.module import LitModule
     from lit_tf.tracking import mlflow as tracking
 
@@ -135,7 +135,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     accumulate = int(trainer_cfg.get("accumulate_grad_batches", 1))
-    dm = PretrainDataModule(
+    dm = build_datamodule(
         OmegaConf.to_container(cfg.data, resolve=True), OmegaConf.to_container(cfg.objective, resolve=True),
         cache_dir=str(cfg.paths.cache_dir), seed=int(cfg.seed), accumulate_grad_batches=accumulate,
         max_steps=int(trainer_cfg.get("max_steps", -1)),
@@ -152,14 +152,19 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
             f"data.max_seq_len={cfg.data.max_seq_len} exceeds model.max_seq_len={model_cfg.get('max_seq_len')}"
         )
     objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
-    model = build_model(model_cfg, objective_cfg, tok.vocab_size, pad_id=tok.special_id(PAD))
-    objective = build_objective(objective_cfg)
+    languages = list(getattr(dm, "languages", []))
+    model = build_model(model_cfg, objective_cfg, tok.vocab_size, pad_id=tok.special_id(PAD), languages=languages)
+    objective = build_objective(objective_cfg, model, streams=getattr(dm, "val_streams", None),
+                                n_langs=max(2, len(languages)))
+    meta = {"family": model_cfg["family"], "model_config": model.cfg.to_dict(), "objective": objective_cfg,
+            "tokenizer_key": tok.key, "tokenizer_json": tok.tokenizer.to_str(), "languages": languages,
+            "lit_tf_version": __version__}
     optim = cfg.optim
     module = LitModule(
         model, objective, hydra.utils.instantiate(optim.optimizer),
         weight_decay=float(optim.weight_decay), schedule=str(optim.schedule),
         warmup_steps=optim.get("warmup_steps"), warmup_ratio=float(optim.get("warmup_ratio") or 0.0),
-        min_lr_ratio=float(optim.get("min_lr_ratio") or 0.0), terms=objective_terms(objective),
+        min_lr_ratio=float(optim.get("min_lr_ratio") or 0.0), meta=meta,
     )
 
     logger = None

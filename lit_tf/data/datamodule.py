@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from lit_tf.data import text
-from lit_tf.data.pretraining import MLMCollator, PackedBlockDataset, SentencePairDataset
+from lit_tf.data.pretraining import CLMCollator, MLMCollator, PackedBlockDataset, SentencePairDataset
 from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler
 from lit_tf.data.shards import TokenShard, build_or_load_shards
 from lit_tf.data.tokenizer import (
@@ -137,6 +137,10 @@ class PretrainDataModule(L.LightningDataModule):
     def nsp(self) -> bool:
         return bool(self.obj.get("nsp", False))
 
+    @property
+    def causal(self) -> bool:
+        return self.obj.get("name") == "clm"
+
     def _dataset(self, shard: TokenShard, seed: int):
         tok = self.tokenizer
         assert tok is not None
@@ -146,7 +150,9 @@ class PretrainDataModule(L.LightningDataModule):
             return SentencePairDataset(
                 shard, max_len, cls_id, sep_id, seed=seed, short_seq_prob=float(self.obj.get("short_seq_prob", 0.1)),
             )
-        return PackedBlockDataset(shard, max_len, cls_id, sep_id)
+        if self.causal:  # GPT: raw token blocks, [SEP] marks the end of each document
+            return PackedBlockDataset(shard, max_len, doc_sep_id=sep_id)
+        return PackedBlockDataset(shard, max_len, doc_sep_id=sep_id, bos_id=cls_id, eos_id=sep_id)
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
@@ -155,9 +161,11 @@ class PretrainDataModule(L.LightningDataModule):
             self.val_set = self._dataset(TokenShard.open(self.shard_dirs["val"]), self.seed + 1)
             log.info("data: %d train / %d val examples", len(self.train_set), len(self.val_set))
 
-    def collator(self) -> MLMCollator:
+    def collator(self) -> MLMCollator | CLMCollator:
         tok = self.tokenizer
         assert tok is not None
+        if self.causal:
+            return CLMCollator(pad_id=tok.special_id(PAD))
         return MLMCollator(
             pad_id=tok.special_id(PAD), mask_id=tok.special_id(MASK), vocab_size=tok.vocab_size,
             n_special=len(tok.meta["special_ids"]),
@@ -201,3 +209,14 @@ class PretrainDataModule(L.LightningDataModule):
             shuffle=False, rank=rank, world_size=world,
         )
         return DataLoader(self.val_set, batch_sampler=sampler, **self._loader_kwargs())
+
+
+def build_datamodule(data: Mapping, objective: Mapping, **kwargs: Any) -> L.LightningDataModule:
+    """The DataModule for an objective: cross-lingual streams for `xlm`, one corpus otherwise."""
+    if objective.get("name") == "xlm":
+        from lit_tf.data.crosslingual import CrossLingualDataModule
+
+        return CrossLingualDataModule(data, objective, **kwargs)
+    if data.get("languages"):
+        raise ValueError(f"data={data.get('name')!r} is a multilingual corpus: it needs objective=mlm_tlm (or another xlm objective)")
+    return PretrainDataModule(data, objective, **kwargs)

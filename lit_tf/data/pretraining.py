@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from lit_tf.data.shards import TokenShard
+from lit_tf.objectives.losses import IGNORE_INDEX
 from lit_tf.objectives.masking import mask_tokens, word_ids_from_word_starts
 from lit_tf.objectives.nsp import build_nsp_examples, truncate_pair
 
@@ -29,13 +30,21 @@ def _split_key(key) -> tuple[int, int]:
 
 
 class PackedBlockDataset:
-    """Fixed-length blocks over the whole token stream (no NSP)."""
+    """Fixed-length blocks over the whole token stream.
 
-    def __init__(self, shard: TokenShard, max_seq_len: int, cls_id: int, sep_id: int) -> None:
+    Each example is `[bos] tokens... [eos]` (bos/eos optional) of exactly `max_seq_len` ids,
+    with `doc_sep_id` inserted where a document ends inside a block. MLM uses
+    bos=[CLS], eos=[SEP]; causal LM uses neither and [SEP] as the end-of-text separator.
+    """
+
+    def __init__(
+        self, shard: TokenShard, max_seq_len: int, *, doc_sep_id: int, bos_id: int | None = None,
+        eos_id: int | None = None,
+    ) -> None:
         if max_seq_len < 8:
             raise ValueError(f"data.max_seq_len={max_seq_len} is too small (need >= 8)")
-        self.shard, self.cls_id, self.sep_id = shard, cls_id, sep_id
-        self.block = max_seq_len - 2  # room for [CLS] ... [SEP]
+        self.shard, self.sep_id, self.bos_id, self.eos_id = shard, doc_sep_id, bos_id, eos_id
+        self.block = max_seq_len - (bos_id is not None) - (eos_id is not None)
         self.n = len(shard) // self.block
         self._doc_starts = np.asarray(shard.doc_token_bounds[1:-1])  # interior document starts
 
@@ -53,8 +62,10 @@ class PackedBlockDataset:
         if len(cuts):
             ids = np.insert(ids, cuts, self.sep_id)[: self.block]
             ws = np.insert(ws, cuts, True)[: self.block]
-        ids = np.concatenate([[self.cls_id], ids, [self.sep_id]])
-        ws = np.concatenate([[True], ws, [True]])
+        head = [self.bos_id] if self.bos_id is not None else []
+        tail = [self.eos_id] if self.eos_id is not None else []
+        ids = np.concatenate([head, ids, tail]).astype(np.int64)
+        ws = np.concatenate([[True] * len(head), ws, [True] * len(tail)]).astype(bool)
         return {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "word_start": ws, "seed": seed}
 
 
@@ -88,6 +99,33 @@ class SentencePairDataset:
         return {"input_ids": ids, "token_type_ids": types, "word_start": starts, "nsp_label": label, "seed": seed}
 
 
+# Per-token integer fields an example may carry besides input_ids, and their padding value.
+_EXTRA_FIELDS = {"token_type_ids": 0, "lang_ids": 0, "position_ids": 0}
+
+
+def _pad(examples: list[dict], pad_id: int, multiple: int) -> dict[str, Tensor]:
+    """Stack examples right-padded to the batch's longest (rounded up to `multiple`)."""
+    B = len(examples)
+    T = max(len(e["input_ids"]) for e in examples)
+    T = -(-T // multiple) * multiple if multiple else T
+    out = {"input_ids": torch.full((B, T), pad_id, dtype=torch.long),
+           "attention_mask": torch.zeros((B, T), dtype=torch.bool)}
+    extra = [k for k in _EXTRA_FIELDS if k in examples[0]]
+    for k in extra:
+        out[k] = torch.full((B, T), _EXTRA_FIELDS[k], dtype=torch.long)
+    if "word_start" in examples[0]:
+        out["word_start"] = torch.zeros((B, T), dtype=torch.bool)
+    for r, e in enumerate(examples):
+        n = len(e["input_ids"])
+        out["input_ids"][r, :n] = torch.from_numpy(np.asarray(e["input_ids"], dtype=np.int64))
+        out["attention_mask"][r, :n] = True
+        for k in extra:
+            out[k][r, :n] = torch.from_numpy(np.asarray(e[k], dtype=np.int64))
+        if "word_start" in out:
+            out["word_start"][r, :n] = torch.from_numpy(np.asarray(e["word_start"], dtype=bool))
+    return out
+
+
 @dataclass
 class MLMCollator:
     """Pads a list of examples and applies dynamic MLM masking with a per-batch generator."""
@@ -103,34 +141,33 @@ class MLMCollator:
     pad_to_multiple_of: int = 8
 
     def __call__(self, examples: list[dict]) -> dict[str, Tensor]:
-        B = len(examples)
-        T = max(len(e["input_ids"]) for e in examples)
-        m = self.pad_to_multiple_of
-        T = -(-T // m) * m if m else T
-        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
-        token_type_ids = torch.zeros((B, T), dtype=torch.long)
-        attention_mask = torch.zeros((B, T), dtype=torch.bool)
-        word_start = torch.zeros((B, T), dtype=torch.bool)
-        for r, e in enumerate(examples):
-            n = len(e["input_ids"])
-            input_ids[r, :n] = torch.from_numpy(np.asarray(e["input_ids"], dtype=np.int64))
-            token_type_ids[r, :n] = torch.from_numpy(np.asarray(e["token_type_ids"], dtype=np.int64))
-            attention_mask[r, :n] = True
-            word_start[r, :n] = torch.from_numpy(np.asarray(e["word_start"], dtype=bool))
+        batch = _pad(examples, self.pad_id, self.pad_to_multiple_of)
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        word_start = batch.pop("word_start", None)
         special = (input_ids < self.n_special) | ~attention_mask
         gen = torch.Generator().manual_seed(int(examples[0]["seed"]) % (2**63))
         word_ids = word_ids_from_word_starts(word_start, special) if self.whole_word else None
-        masked, labels = mask_tokens(
+        batch["input_ids"], batch["mlm_labels"] = mask_tokens(
             input_ids, special_mask=special, mask_id=self.mask_id, vocab_size=self.vocab_size, generator=gen,
             mlm_probability=self.mlm_probability, mask_ratio=self.mask_ratio, random_ratio=self.random_ratio,
             word_ids=word_ids, random_token_low=self.n_special,
         )
-        batch = {
-            "input_ids": masked,
-            "token_type_ids": token_type_ids,
-            "attention_mask": attention_mask,
-            "mlm_labels": labels,
-        }
         if "nsp_label" in examples[0]:
             batch["nsp_labels"] = torch.tensor([e["nsp_label"] for e in examples], dtype=torch.long)
+        return batch
+
+
+@dataclass
+class CLMCollator:
+    """Pads examples for next-token prediction: `labels` are the inputs, IGNORE_INDEX at padding
+    (the one-position shift happens in the objective)."""
+
+    pad_id: int
+    pad_to_multiple_of: int = 8
+
+    def __call__(self, examples: list[dict]) -> dict[str, Tensor]:
+        batch = _pad(examples, self.pad_id, self.pad_to_multiple_of)
+        batch.pop("word_start", None)
+        batch.pop("token_type_ids", None)
+        batch["labels"] = batch["input_ids"].masked_fill(~batch["attention_mask"], IGNORE_INDEX)
         return batch

@@ -1,23 +1,34 @@
-"""Build models and objectives from their config groups (an explicit table, no import-time registry)."""
+"""Build models and objectives from their config groups (explicit tables, no import-time registry)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
-from lit_tf.models import BertConfig, BertForPreTraining
-from lit_tf.objectives.pretraining import MaskedLMObjective
+from lit_tf.models import (
+    BertConfig,
+    BertForPreTraining,
+    GPTConfig,
+    GPTForCausalLM,
+    LanguageDiscriminator,
+    XLMConfig,
+    XLMForPreTraining,
+)
+from lit_tf.objectives.pretraining import CausalLMObjective, CrossLingualObjective, MaskedLMObjective
 
-# family -> (config dataclass, pretraining model class). Later families add a row here.
-FAMILIES: dict[str, tuple[type, type]] = {
-    "bert": (BertConfig, BertForPreTraining),
+# family -> (config dataclass, pretraining model class, objectives it can train)
+FAMILIES: dict[str, tuple[type, type, tuple[str, ...]]] = {
+    "bert": (BertConfig, BertForPreTraining, ("mlm", "mlm_nsp")),
+    "gpt": (GPTConfig, GPTForCausalLM, ("clm",)),
+    "xlm": (XLMConfig, XLMForPreTraining, ("xlm",)),
 }
-OBJECTIVES = ("mlm", "mlm_nsp")
+OBJECTIVES = ("mlm", "mlm_nsp", "clm", "xlm")
 
 
-def model_config(model_cfg: Mapping[str, Any], vocab_size: int, pad_id: int = 0):
+def model_config(model_cfg: Mapping[str, Any], vocab_size: int, pad_id: int = 0, **derived: Any):
+    """(family, config dataclass) with `vocab_size` (and e.g. `n_langs`) taken from the data."""
     cfg = dict(model_cfg)
     family = cfg.pop("family", None)
     if family not in FAMILIES:
@@ -27,33 +38,58 @@ def model_config(model_cfg: Mapping[str, Any], vocab_size: int, pad_id: int = 0)
             f"model.vocab_size={cfg['vocab_size']} disagrees with the tokenizer ({vocab_size}); "
             "leave it unset: it comes from the tokenizer artifact"
         )
-    cfg.update(vocab_size=vocab_size, pad_id=pad_id)
-    config_cls, _ = FAMILIES[family]
+    cfg.update(vocab_size=vocab_size, pad_id=pad_id, **derived)
+    config_cls = FAMILIES[family][0]
     try:
         return family, config_cls.from_dict(cfg)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"model: {e}") from e
 
 
-def build_model(model_cfg: Mapping[str, Any], objective_cfg: Mapping[str, Any], vocab_size: int, pad_id: int = 0):
-    family, cfg = model_config(model_cfg, vocab_size, pad_id)
-    _, model_cls = FAMILIES[family]
+def build_model(
+    model_cfg: Mapping[str, Any], objective_cfg: Mapping[str, Any], vocab_size: int, pad_id: int = 0,
+    languages: Sequence[str] = (),
+) -> nn.Module:
+    family = model_cfg.get("family")
+    obj = objective_cfg.get("name")
+    if family in FAMILIES and obj not in FAMILIES[family][2]:
+        raise ValueError(
+            f"objective={obj!r} does not train model.family={family!r}; it takes objective in {list(FAMILIES[family][2])}"
+        )
+    derived = {}
+    if family == "xlm":  # the data decides the language count and whether attention is causal
+        derived = {"n_langs": max(1, len(languages)), "causal": objective_cfg.get("mono_term", "mlm") == "clm"}
+    family, cfg = model_config(model_cfg, vocab_size, pad_id, **derived)
     if family == "bert":
         return BertForPreTraining(cfg, nsp=bool(objective_cfg.get("nsp", False)))
-    return model_cls(cfg)  # pragma: no cover - families added later
+    return FAMILIES[family][1](cfg)
 
 
-def build_objective(objective_cfg: Mapping[str, Any]):
+def build_objective(
+    objective_cfg: Mapping[str, Any], model: nn.Module | None = None, streams: Mapping[str, str] | None = None,
+    n_langs: int = 2,
+):
+    """The objective callable for `objective_cfg`; `streams` maps XLM validation streams to their term."""
     name = objective_cfg.get("name")
     if name not in OBJECTIVES:
         raise ValueError(f"objective.name={name!r} is not one of {list(OBJECTIVES)}")
+    if name == "clm":
+        return CausalLMObjective()
+    if name == "xlm":
+        adv = dict(objective_cfg.get("adversarial") or {})
+        disc = None
+        if adv.get("enabled"):
+            if model is None:
+                raise ValueError("objective.adversarial needs the model (for its d_model)")
+            disc = LanguageDiscriminator(model.cfg.d_model, n_langs, hidden=adv.get("hidden"),
+                                         dropout=float(adv.get("dropout", 0.1)))
+        weights = dict(objective_cfg.get("weights") or {})
+        if not adv.get("enabled"):
+            weights.pop("adv", None)
+        return CrossLingualObjective(weights, dict(streams or {}), discriminator=disc, adv_lambda=float(adv.get("lambda", 1.0)))
     nsp = bool(objective_cfg.get("nsp", False))
     weights = dict(objective_cfg.get("weights") or {"mlm": 1.0, **({"nsp": 1.0} if nsp else {})})
     return MaskedLMObjective(nsp=nsp, weights=weights)
-
-
-def objective_terms(objective: Any) -> tuple[str, ...]:
-    return tuple(objective.weights)
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

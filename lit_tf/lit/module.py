@@ -1,7 +1,7 @@
 """The one generic LightningModule: a model, an objective and an optimizer, all injected.
 
 The module never knows which family or objective it trains: the objective maps
-`(model, batch)` to a weighted loss plus per-term `(sum, n)` counts; this module backprops the
+`(model, batch, step)` to a weighted loss plus per-term `(sum, n)` counts; this module backprops the
 loss and turns the counts into exact, DDP-synced metrics (`train/<term>_loss`,
 `val/<term>_loss`, `val/<term>_ppl`, `val/<term>_acc`, ...).
 """
@@ -23,30 +23,42 @@ from lit_tf.lit.optim import build_optimizer, lr_lambda, warmup_steps_for
 PPL_TERMS = ("mlm", "clm", "tlm")
 
 
+def _flat_batches(batch: Mapping[str, Any]) -> list[Mapping[str, torch.Tensor]]:
+    """A batch is either one dict of tensors or (multi-stream objectives) a dict of such dicts."""
+    return [batch] if "input_ids" in batch else [b for b in batch.values() if isinstance(b, Mapping)]
+
+
+def _key(name: str) -> str:
+    return name.replace("/", "__")  # module names cannot hold '.', and '/' reads badly in state dicts
+
+
 class LitModule(L.LightningModule):
     """Args:
     model: a `lit_tf.models` network.
-    objective: callable `(model, batch) -> ObjectiveOutput` (see `lit_tf.objectives`).
+    objective: callable `(model, batch, step) -> ObjectiveOutput` with `terms` (train) and
+        `val_terms` (validation metric names); an `nn.Module` objective's parameters are trained too.
     optimizer: a partial `torch.optim` constructor taking parameter groups (e.g. AdamW(lr=...)).
     weight_decay: applied to >= 2-D weights only.
     schedule: "linear" | "cosine" | "constant" decay after warmup.
     warmup_steps / warmup_ratio: warmup length (steps wins when >= 0).
     min_lr_ratio: floor of the decayed LR as a fraction of the peak.
-    terms: names of the objective's terms, so val metrics exist before the first batch.
+    meta: what a checkpoint needs to rebuild the model without the config tree (family, model
+        config, tokenizer, languages...); stored under `checkpoint["lit_tf"]`.
     """
 
     def __init__(
         self, model: nn.Module, objective: Callable, optimizer: Callable[..., torch.optim.Optimizer], *,
         weight_decay: float = 0.01, schedule: str = "linear", warmup_steps: int | None = None,
-        warmup_ratio: float = 0.0, min_lr_ratio: float = 0.0, terms: tuple[str, ...] = ("mlm",),
+        warmup_ratio: float = 0.0, min_lr_ratio: float = 0.0, meta: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model, self.objective, self.optimizer_factory = model, objective, optimizer
         self.weight_decay, self.schedule, self.min_lr_ratio = weight_decay, schedule, min_lr_ratio
         self.warmup_steps, self.warmup_ratio = warmup_steps, warmup_ratio
-        self.terms = tuple(terms)
-        self.val_loss = nn.ModuleDict({t: MeanMetric() for t in self.terms})
-        self.val_acc = nn.ModuleDict({t: MeanMetric() for t in self.terms})
+        self.meta = dict(meta or {})
+        self.val_names = tuple(dict.fromkeys((*objective.val_terms, *objective.terms)))
+        self.val_loss = nn.ModuleDict({_key(t): MeanMetric() for t in self.val_names})
+        self.val_acc = nn.ModuleDict({_key(t): MeanMetric() for t in self.val_names})
         self.val_total = MeanMetric()
         # Real (non-padding) tokens trained on by this rank; a buffer so checkpoints carry it.
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.float64), persistent=True)
@@ -55,51 +67,55 @@ class LitModule(L.LightningModule):
     def forward(self, *args: Any, **kwargs: Any):
         return self.model(*args, **kwargs)
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.objective(self.model, batch)
-        bs = batch["input_ids"].shape[0]
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.objective(self.model, batch, step=self.global_step)
+        parts = _flat_batches(batch)
+        bs = sum(p["input_ids"].shape[0] for p in parts)
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=bs)
         for name, (s, n) in out.terms.items():
             self.log(f"train/{name}_loss", s.detach() / n.clamp(min=1), batch_size=bs)
-        n_tok = batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
-        self.tokens_seen += n_tok
+        self.tokens_seen += sum(p["attention_mask"].sum() for p in parts)
         # Every rank sees batches of the same shape, so rank-local x world size is the global count.
         self.log("train/tokens", self.tokens_seen * self.trainer.world_size, on_step=True, on_epoch=False)
         if self._trainer is not None and self.lr_schedulers() is not None:
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
         return out.loss
 
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        out = self.objective(self.model, batch)
-        bs = batch["input_ids"].shape[0]
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        out = self.objective(self.model, batch, step=self.global_step)
         for name, (s, n) in out.terms.items():
-            if n > 0:
-                self.val_loss[name].update(s / n, weight=n)
+            if n > 0 and _key(name) in self.val_loss:
+                self.val_loss[_key(name)].update(s / n, weight=n)
         for name, (c, n) in out.accuracy.items():
-            if n > 0:
-                self.val_acc[name].update(c.float() / n, weight=n)
-        self.val_total.update(out.loss, weight=bs)
+            if n > 0 and _key(name) in self.val_acc:
+                self.val_acc[_key(name)].update(c.float() / n, weight=n)
+        self.val_total.update(out.loss, weight=sum(p["input_ids"].shape[0] for p in _flat_batches(batch)))
 
     def on_validation_epoch_end(self) -> None:
         metrics = {"val/loss": self.val_total.compute()}
         self.val_total.reset()
-        for name in self.terms:
-            if self.val_loss[name].update_called:
-                loss = self.val_loss[name].compute()
+        for name in self.val_names:
+            loss_m, acc_m = self.val_loss[_key(name)], self.val_acc[_key(name)]
+            if loss_m.update_called:
+                loss = loss_m.compute()
                 metrics[f"val/{name}_loss"] = loss
-                if name in PPL_TERMS:
+                if name.rsplit("/", 1)[-1] in PPL_TERMS:
                     metrics[f"val/{name}_ppl"] = torch.exp(loss.clamp(max=50.0))
-            if self.val_acc[name].update_called:
-                metrics[f"val/{name}_acc"] = self.val_acc[name].compute()
-            self.val_loss[name].reset()
-            self.val_acc[name].reset()
-        main = self.terms[0]
+            if acc_m.update_called:
+                metrics[f"val/{name}_acc"] = acc_m.compute()
+            loss_m.reset()
+            acc_m.reset()
+        terms = tuple(self.objective.terms)
+        if len(terms) == 1 and terms[0] in PPL_TERMS and f"val/{terms[0]}_loss" in metrics:
+            metrics["val/ppl"] = metrics[f"val/{terms[0]}_ppl"]  # a single-term LM: its perplexity
+        main = self.val_names[0]
         shown = {k: v for k, v in metrics.items() if k in (f"val/{main}_loss", f"val/{main}_acc")}
-        self.log_dict(shown, prog_bar=True)
-        self.log_dict({k: v for k, v in metrics.items() if k not in shown})
+        self.log_dict(shown, prog_bar=True, add_dataloader_idx=False)
+        self.log_dict({k: v for k, v in metrics.items() if k not in shown}, add_dataloader_idx=False)
 
     # ------------------------------------------------------------------ exact resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lit_tf"] = self.meta
         # Dropout draws from the global generator: store it so a resumed run continues the same
         # random stream (data order and masking are already functions of the step).
         checkpoint["lit_tf_rng"] = {"torch": torch.get_rng_state()}
@@ -115,7 +131,7 @@ class LitModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):
-        opt = build_optimizer(self.model, self.optimizer_factory, self.weight_decay)
+        opt = build_optimizer(self, self.optimizer_factory, self.weight_decay)  # model + objective heads
         total = int(self.trainer.estimated_stepping_batches)
         if not math.isfinite(total) or total <= 0:
             raise ValueError("set trainer.max_steps (or max_epochs) so the LR schedule knows its length")

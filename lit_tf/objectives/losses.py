@@ -20,8 +20,10 @@ from torch import Tensor
 
 __all__ = [
     "IGNORE_INDEX",
+    "clm_loss",
     "masked_accuracy",
     "mlm_loss",
+    "next_token_targets",
     "nsp_loss",
     "weighted_sum",
 ]
@@ -67,6 +69,24 @@ def mlm_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         ``n_targets``: scalar int64 tensor counting them.
     """
     return _sum_cross_entropy(logits, targets)
+
+
+def next_token_targets(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The causal shift, done here and nowhere else: logits at position t score token t + 1.
+
+    Args:
+        logits: ``(B, T, V)`` unshifted scores from a causal model.
+        labels: ``(B, T)`` the input ids, ``IGNORE_INDEX`` at padding.
+
+    Returns:
+        ``(B, T-1, V)`` logits and ``(B, T-1)`` targets, aligned.
+    """
+    return logits[:, :-1, :], labels[:, 1:]
+
+
+def clm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Causal-LM loss ``(loss_sum, n_targets)`` from unshifted ``(B, T, V)`` logits and ``(B, T)`` labels."""
+    return _sum_cross_entropy(*next_token_targets(logits, labels))
 
 
 def nsp_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,8 +1,15 @@
-"""Pretraining objectives as plain callables: `objective(model, batch) -> ObjectiveOutput`.
+"""Pretraining objectives as plain callables: `objective(model, batch, step) -> ObjectiveOutput`.
 
 An objective knows which model outputs its terms need and how to score them; the trainer
-(`lit_tf.lit`) only sums the weighted loss, logs the terms and accumulates the counts. Each term
-is reported as `(loss_sum, n_targets)` so averages are exact across accumulation and devices.
+(`lit_tf.lit`) only back-propagates the weighted loss, logs the terms and accumulates the
+counts. Each term is reported as `(loss_sum, n_targets)` so averages are exact across
+accumulation and devices.
+
+- `MaskedLMObjective`: BERT's MLM (+ NSP).
+- `CausalLMObjective`: next-token prediction (GPT).
+- `CrossLingualObjective`: XLM's weighted mix of MLM/CLM on monolingual streams and TLM on
+  parallel pairs, weights optionally scheduled over steps, plus an optional
+  language-adversarial term through gradient reversal.
 """
 
 from __future__ import annotations
@@ -13,7 +20,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from lit_tf.objectives.losses import IGNORE_INDEX, masked_accuracy, mlm_loss, nsp_loss, weighted_sum
+from lit_tf.models.xlm import mean_pool
+from lit_tf.objectives.crosslingual import PiecewiseLinear, language_adversarial_loss
+from lit_tf.objectives.losses import (
+    IGNORE_INDEX,
+    clm_loss,
+    masked_accuracy,
+    mlm_loss,
+    next_token_targets,
+    nsp_loss,
+)
 
 Count = tuple[Tensor, Tensor]  # (sum, n)
 
@@ -25,11 +41,27 @@ class ObjectiveOutput:
     accuracy: dict[str, Count] = field(default_factory=dict)  # per-term (n_correct, n)
 
 
+def _mean(c: Count) -> Tensor:
+    s, n = c
+    return s / n.clamp(min=1).to(s.dtype)
+
+
+def _check_weights(weights: Mapping[str, object], expected: set[str], where: str = "objective.weights") -> None:
+    extra = set(weights) - expected
+    if extra:
+        raise ValueError(f"{where}: unknown terms {sorted(extra)}; this objective has {sorted(expected)}")
+
+
+def _masked_lm_term(out_logits: Tensor, labels: Tensor) -> tuple[Count, Count]:
+    targets = labels[labels != IGNORE_INDEX]  # (N,) same row-major order as the gathered logits
+    return mlm_loss(out_logits, targets), masked_accuracy(out_logits.detach(), targets)
+
+
 @dataclass
 class MaskedLMObjective:
     """MLM, optionally with BERT's next-sentence prediction (`nsp=True`).
 
-    Expects batches from `lit_tf.data.collate.MLMCollator`: `input_ids` (already masked),
+    Expects batches from `lit_tf.data.pretraining.MLMCollator`: `input_ids` (already masked),
     `attention_mask`, `token_type_ids`, `mlm_labels` (IGNORE_INDEX where not predicted) and,
     with NSP, `nsp_labels`.
     """
@@ -39,31 +71,124 @@ class MaskedLMObjective:
 
     def __post_init__(self) -> None:
         expected = {"mlm", "nsp"} if self.nsp else {"mlm"}
-        extra = set(self.weights) - expected
-        if extra:
-            raise ValueError(f"objective.weights: unknown terms {sorted(extra)}; this objective has {sorted(expected)}")
+        _check_weights(self.weights, expected)
         self.weights = {k: float(self.weights.get(k, 1.0)) for k in sorted(expected)}
 
-    def __call__(self, model: nn.Module, batch: Mapping[str, Tensor]) -> ObjectiveOutput:
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return tuple(self.weights)
+
+    val_terms = terms
+
+    def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], step: int = 0) -> ObjectiveOutput:
         labels = batch["mlm_labels"]
-        positions = labels != IGNORE_INDEX  # (B, T) bool
         out = model(
             batch["input_ids"],
             token_type_ids=batch.get("token_type_ids"),
             attention_mask=batch["attention_mask"],
-            mlm_positions=positions,
+            mlm_positions=labels != IGNORE_INDEX,
         )
-        targets = labels[positions]  # (N,) same row-major order as the gathered logits
-        terms = {"mlm": mlm_loss(out.mlm_logits, targets)}
-        acc = {"mlm": masked_accuracy(out.mlm_logits.detach(), targets)}
+        loss_c, acc_c = _masked_lm_term(out.mlm_logits, labels)
+        terms, acc = {"mlm": loss_c}, {"mlm": acc_c}
         if self.nsp:
             if out.nsp_logits is None or "nsp_labels" not in batch:
                 raise ValueError("objective.nsp=true needs a model with an NSP head and batches with nsp_labels")
             terms["nsp"] = nsp_loss(out.nsp_logits, batch["nsp_labels"])
             acc["nsp"] = masked_accuracy(out.nsp_logits.detach(), batch["nsp_labels"])
-        return ObjectiveOutput(loss=weighted_sum(terms, self.weights), terms=terms, accuracy=acc)
+        loss = sum(self.weights[k] * _mean(terms[k]) for k in self.weights)
+        return ObjectiveOutput(loss=loss, terms=terms, accuracy=acc)
 
 
-def count_tokens(batch: Mapping[str, Tensor]) -> Tensor:
-    """Real (non-padding) tokens in a batch."""
-    return batch["attention_mask"].sum() if "attention_mask" in batch else torch.tensor(batch["input_ids"].numel())
+@dataclass
+class CausalLMObjective:
+    """Next-token prediction. Batches: `input_ids`, `attention_mask`, `labels` (IGNORE_INDEX at padding)."""
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return ("clm",)
+
+    val_terms = terms
+
+    def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], step: int = 0) -> ObjectiveOutput:
+        out = model(batch["input_ids"], attention_mask=batch["attention_mask"])
+        term = clm_loss(out.lm_logits, batch["labels"])
+        acc = masked_accuracy(*next_token_targets(out.lm_logits.detach(), batch["labels"]))
+        return ObjectiveOutput(loss=_mean(term), terms={"clm": term}, accuracy={"clm": acc})
+
+
+class CrossLingualObjective(nn.Module):
+    """XLM pretraining: a weighted sum over the sub-batches of one step.
+
+    A batch maps a *name* to a sub-batch: training steps carry one sub-batch per term
+    (`{"mlm": ..., "tlm": ...}`, the language drawn by alpha sampling), validation batches one
+    per stream (`{"es/mlm": ...}`), so metrics come out per language. Each sub-batch says its
+    `term` ("mlm", "tlm" or "clm") and carries `input_ids`, `lang_ids`, `position_ids`,
+    `attention_mask` and `mlm_labels` (MLM/TLM) or `labels` (CLM).
+
+    Args:
+        weights: per term type: a float or an XLM-style schedule string "step:value,..."
+            (piecewise linear, e.g. "0:1,2000:0.1"). Terms with weight 0 still get metrics.
+        stream_names: validation stream names (e.g. ["en", "es", "en-es"]) for the metric list.
+        discriminator: optional `LanguageDiscriminator`; with `weights["adv"]` it adds a
+            language-adversarial term on mean-pooled monolingual states (gradient reversal).
+        adv_lambda: gradient-reversal scale.
+    """
+
+    TERMS = ("mlm", "tlm", "clm", "adv")
+
+    def __init__(
+        self, weights: Mapping[str, float | str], stream_terms: Mapping[str, str],
+        discriminator: nn.Module | None = None, adv_lambda: float = 1.0,
+    ) -> None:
+        super().__init__()
+        _check_weights(weights, set(self.TERMS))
+        self.schedules = {k: PiecewiseLinear.parse(v) for k, v in weights.items()}
+        if discriminator is None and "adv" in self.schedules:
+            raise ValueError("objective.weights.adv needs objective.adversarial.enabled=true")
+        self.discriminator = discriminator
+        self.adv_lambda = float(adv_lambda)
+        self.stream_terms = dict(stream_terms)  # stream name -> its term, e.g. {"en": "mlm", "en-es": "tlm"}
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return tuple(k for k in self.TERMS if k in self.schedules)
+
+    @property
+    def val_terms(self) -> tuple[str, ...]:
+        return tuple(f"{s}/{t}" for s, t in self.stream_terms.items())
+
+    def weight(self, term: str, step: int) -> float:
+        return self.schedules[term](step) if term in self.schedules else 0.0
+
+    def forward(self, model: nn.Module, batch: Mapping[str, Mapping[str, Tensor]], step: int = 0) -> ObjectiveOutput:
+        terms: dict[str, Count] = {}
+        acc: dict[str, Count] = {}
+        loss: Tensor | float = 0.0
+        for name, sub in batch.items():
+            term = sub["term"]
+            if term == "clm":
+                out = model(sub["input_ids"], lang_ids=sub.get("lang_ids"), attention_mask=sub["attention_mask"],
+                            position_ids=sub.get("position_ids"))
+                terms[name] = clm_loss(out.mlm_logits, sub["labels"])
+                acc[name] = masked_accuracy(*next_token_targets(out.mlm_logits.detach(), sub["labels"]))
+            else:
+                labels = sub["mlm_labels"]
+                out = model(sub["input_ids"], lang_ids=sub.get("lang_ids"), attention_mask=sub["attention_mask"],
+                            position_ids=sub.get("position_ids"), mlm_positions=labels != IGNORE_INDEX)
+                terms[name], acc[name] = _masked_lm_term(out.mlm_logits, labels)
+            w = self.weight(term, step)
+            if w:
+                loss = loss + w * _mean(terms[name])
+            if self.discriminator is not None and term in ("mlm", "clm") and self.training:
+                pooled = mean_pool(out.hidden, sub["attention_mask"])  # (B, C)
+                adv_logits = self.discriminator(pooled, self.adv_lambda)
+                langs = sub["lang_ids"][:, 0]
+                terms["adv"] = language_adversarial_loss(adv_logits, langs)
+                acc["adv"] = masked_accuracy(adv_logits.detach(), langs)
+                w_adv = self.weight("adv", step)
+                if w_adv:
+                    loss = loss + w_adv * _mean(terms["adv"])
+        if not torch.is_tensor(loss):  # every weight is 0 at this step: keep a graph for backward
+            loss = sum(_mean(t) for t in terms.values()) * 0.0
+        return ObjectiveOutput(loss=loss, terms=terms, accuracy=acc)
+

@@ -88,7 +88,7 @@ def test_nsp_pairs_segment_ids_and_balance(corpus):
 def test_packed_blocks_full_length_with_doc_separators(corpus):
     _, tok, root = corpus
     shard = TokenShard.open(root / "train")
-    ds = PackedBlockDataset(shard, 64, CLS, SEP)
+    ds = PackedBlockDataset(shard, 64, doc_sep_id=SEP, bos_id=CLS, eos_id=SEP)
     assert len(ds) == len(shard) // 62
     n_inner_seps = 0
     for i in range(len(ds)):
