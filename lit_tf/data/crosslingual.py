@@ -72,14 +72,24 @@ def read_parallel(src_files, tgt_files, *, where: str) -> Iterator[tuple[str, st
                 yield s.strip(), t.strip()
 
 
+def _normalize(s: str) -> str:
+    return " ".join(s.lower().split())
+
+
 def build_or_load_parallel(
     name: str, src_files, tgt_files, tokenizer: TokenizerArtifact, cache_dir: Path, *, val_fraction: float,
-    max_pairs: int | None = None,
+    max_pairs: int | None = None, exclude_files=(),
 ) -> Path:
-    """Aligned shards `<root>/{train,val}/{src,tgt}`: sentence i of src translates sentence i of tgt."""
+    """Aligned shards `<root>/{train,val}/{src,tgt}`: sentence i of src translates sentence i of tgt.
+
+    Pairs with either side among the lines of `exclude_files` (e.g. a retrieval test set drawn
+    from the same source) are dropped, so evaluation never sees training sentences.
+    """
+    exclude_files = [str(f) for f in exclude_files]
     fp = hashlib.sha256(json.dumps([text.fingerprint({"files": list(src_files)}),
                                     text.fingerprint({"files": list(tgt_files)}), tokenizer.key, val_fraction,
-                                    max_pairs], sort_keys=True).encode()).hexdigest()[:16]
+                                    max_pairs, text.fingerprint({"files": exclude_files}) if exclude_files else None],
+                                   sort_keys=True).encode()).hexdigest()[:16]
     final = cache_dir / f"{name}-{fp}"
     if (final / "train" / "tgt" / "meta.json").is_file():
         return final
@@ -89,7 +99,10 @@ def build_or_load_parallel(
         dtype = token_dtype(tokenizer.vocab_size)
         splits = ("train", "val") if val_fraction > 0 else ("train",)
         writers = {(sp, side): _SplitWriter(tmp / "p" / sp / side, dtype) for sp in splits for side in ("src", "tgt")}
-        pairs = read_parallel(src_files, tgt_files, where=f"data.parallel.{name}")
+        banned = {_normalize(ln) for f in text.expand_files(exclude_files, key="data.retrieval") if exclude_files
+                  for ln in f.read_text(encoding="utf-8").split("\n") if ln.strip()} if exclude_files else set()
+        pairs = (p for p in read_parallel(src_files, tgt_files, where=f"data.parallel.{name}")
+                 if _normalize(p[0]) not in banned and _normalize(p[1]) not in banned)
         batch: list[tuple[str, str]] = []
 
         def flush(start_index: int) -> None:
@@ -264,7 +277,10 @@ class CrossLingualDataModule(L.LightningDataModule):
         if len(self.languages) < 2:
             raise ValueError("data.languages: list at least two languages, e.g. [en, es]")
         self.lang_id = {lang: i for i, lang in enumerate(self.languages)}
-        self.mono_files: dict[str, list] = {k: list(v) for k, v in (self.cfg.get("mono") or {}).items()}
+        # mono.<lang>: a list of files, or {files: [...], doc_per_line: bool}
+        self.mono_files: dict[str, dict] = {
+            k: (dict(v) if isinstance(v, Mapping) else {"files": list(v)}) for k, v in (self.cfg.get("mono") or {}).items()
+        }
         self.parallel_files: dict[str, dict] = {k: dict(v) for k, v in (self.cfg.get("parallel") or {}).items()}
         for lang in self.mono_files:
             if lang not in self.lang_id:
@@ -292,7 +308,9 @@ class CrossLingualDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ prepare
     def _mono_source(self, lang: str) -> dict:
-        return {"files": self.mono_files[lang], "text_field": self.cfg.get("text_field", "text")}
+        m = self.mono_files[lang]
+        return {"files": list(m["files"]), "text_field": self.cfg.get("text_field", "text"),
+                "doc_per_line": bool(m.get("doc_per_line", False))}
 
     def _tokenizer_texts(self, counts: Mapping[str, int], budget: int) -> Iterator[str]:
         """Sentences for the shared vocabulary: each language contributes in proportion to
@@ -333,7 +351,8 @@ class CrossLingualDataModule(L.LightningDataModule):
                         break
                     n += sum(len(s) for s in doc)
                 counts[lang] = max(n, 1)
-            budget = int(self.cfg.get("tokenizer_chars", 20_000_000))
+            # Cap at the text there is: beyond it, repetition adds no information, only time.
+            budget = min(int(self.cfg.get("tokenizer_chars", 20_000_000)), sum(counts.values()))
             fp = hashlib.sha256(json.dumps(
                 {lang: text.fingerprint(self._mono_source(lang)) for lang in sorted(self.mono_files)}
                 | {"alpha": self.cfg.get("alpha", 0.7), "budget": budget, "counts": counts}, sort_keys=True,
@@ -349,9 +368,10 @@ class CrossLingualDataModule(L.LightningDataModule):
                                         val_fraction=vf, max_docs=self.cfg.get("max_docs"))
             self.mono_dirs[lang] = root
         for pair, files in self.parallel_files.items():
+            held_out = [f for r in (self.cfg.get("retrieval") or {}).values() for f in (r["src"], r["tgt"])]
             self.para_dirs[pair] = build_or_load_parallel(
                 f"{self.cfg.get('name', 'xlm')}-{pair}", files["src"], files["tgt"], tok, self.cache_dir / "shards",
-                val_fraction=vf, max_pairs=self.cfg.get("max_pairs"))
+                val_fraction=vf, max_pairs=self.cfg.get("max_pairs"), exclude_files=held_out)
         return tok
 
     def prepare_data(self) -> None:

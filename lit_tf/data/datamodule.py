@@ -54,8 +54,10 @@ class CorpusSources:
             )
         field = cfg.get("text_field", "text")
         if chosen == ["train_files"]:
-            train = {"files": list(cfg["train_files"]), "text_field": field}
-            val = {"files": list(cfg["val_files"]), "text_field": field} if cfg.get("val_files") else None
+            per_line = bool(cfg.get("doc_per_line", False))
+            train = {"files": list(cfg["train_files"]), "text_field": field, "doc_per_line": per_line}
+            val = ({"files": list(cfg["val_files"]), "text_field": field, "doc_per_line": per_line}
+                   if cfg.get("val_files") else None)
         elif chosen == ["hf_name"]:
             hf = {"hf": cfg["hf_name"], "hf_config": cfg.get("hf_config"), "text_field": field,
                   "streaming": bool(cfg.get("hf_streaming", False))}

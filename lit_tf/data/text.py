@@ -6,8 +6,9 @@ large the corpus is.
 
 Sources are described by a small dict (from the Hydra config):
 
-- ``{"files": ["data/*.txt", "more.jsonl"], "text_field": "text"}``: local files, globs allowed.
-  ``.txt``: plain text, blank lines separate documents. ``.jsonl``: one JSON object per line
+- ``{"files": ["data/*.txt", "more.jsonl"], "text_field": "text", "doc_per_line": False}``: local
+  files, globs allowed. ``.txt``: plain text, blank lines separate documents (or, with
+  ``doc_per_line``, each line is a document). ``.jsonl``: one JSON object per line
   with a text field (one document per object).
 - ``{"hf": "wikitext", "hf_config": "wikitext-2-raw-v1", "split": "train", "text_field": "text"}``:
   a Hugging Face `datasets` name (needs network unless cached) or local dataset dir.
@@ -69,13 +70,17 @@ def expand_files(patterns: Sequence[str] | str, *, key: str = "files") -> list[P
     return [p for p in out if not (p in seen or seen.add(p))]
 
 
-def _iter_txt(path: Path) -> Iterator[Document]:
+def _iter_txt(path: Path, doc_per_line: bool = False) -> Iterator[Document]:
     block: list[str] = []
     with open(path, encoding="utf-8", newline="\n") as f:
         try:
             for raw in f:
                 line = raw.rstrip("\n").strip()
-                if line:
+                if line and doc_per_line:
+                    doc = _doc_from_lines([line])
+                    if doc:
+                        yield doc
+                elif line:
                     block.append(line)
                 elif block:
                     doc = _doc_from_lines(block)
@@ -110,13 +115,17 @@ def _iter_jsonl(path: Path, text_field: str) -> Iterator[Document]:
                 yield doc
 
 
-def iter_file_documents(paths: Sequence[Path], text_field: str = "text") -> Iterator[Document]:
+def iter_file_documents(
+    paths: Sequence[Path], text_field: str = "text", doc_per_line: bool = False
+) -> Iterator[Document]:
+    """Documents of local files. `.txt`: blank lines separate documents, or with `doc_per_line`
+    every line is one (corpora with one paragraph or article per line)."""
     for path in paths:
         suffix = path.suffix.lower()
         if suffix in (".jsonl", ".json"):
             yield from _iter_jsonl(path, text_field)
         else:
-            yield from _iter_txt(path)
+            yield from _iter_txt(path, doc_per_line)
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,7 +228,9 @@ def iter_documents(source: Mapping) -> Iterator[Document]:
     """Stream the documents of a source dict (see module docstring)."""
     kind = _kind(source)
     if kind == "files":
-        yield from iter_file_documents(expand_files(source["files"]), source.get("text_field", "text"))
+        yield from iter_file_documents(
+            expand_files(source["files"]), source.get("text_field", "text"), bool(source.get("doc_per_line", False))
+        )
     elif kind == "hf":
         yield from iter_hf_documents(
             source["hf"], source.get("hf_config"), source.get("split", "train"),

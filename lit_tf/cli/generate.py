@@ -1,0 +1,47 @@
+"""Print continuations from a trained causal LM.
+
+    python -m lit_tf.cli.generate ckpt=outputs/gpt_clm_en/runs/<run>/checkpoints/last.ckpt prompt="KING:" \
+        [max_new_tokens=60] [temperature=0.8] [top_k=50] [top_p=0.95] [num_samples=3] [seed=0]
+"""
+
+from __future__ import annotations
+
+import sys
+
+OPTIONS = {"ckpt": str, "prompt": str, "max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float,
+           "num_samples": int, "seed": int}
+
+
+def parse(argv: list[str]) -> dict:
+    args = {"max_new_tokens": 60, "temperature": 0.8, "top_k": 50, "top_p": 0.95, "num_samples": 1, "seed": 0,
+            "prompt": ""}
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if not sep or key not in OPTIONS:
+            raise SystemExit(f"error: expected key=value with key in {sorted(OPTIONS)}, got {a!r}\n{__doc__}")
+        try:
+            args[key] = OPTIONS[key](value)
+        except ValueError:
+            raise SystemExit(f"error: {key}={value!r} is not a valid {OPTIONS[key].__name__}") from None
+    if "ckpt" not in args:
+        raise SystemExit(f"error: ckpt=PATH is required\n{__doc__}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    from lit_tf.lit.checkpoint import load_checkpoint
+    from lit_tf.tracking.callbacks import sample_texts
+
+    loaded = load_checkpoint(args["ckpt"])
+    if loaded.meta["family"] != "gpt":
+        raise SystemExit(f"error: {args['ckpt']} holds a {loaded.meta['family']!r} model; generation needs a GPT (causal LM)")
+    for i in range(args["num_samples"]):
+        (text,) = sample_texts(loaded.model, loaded.tokenizer, [args["prompt"]], max_new_tokens=args["max_new_tokens"],
+                               temperature=args["temperature"], top_k=args["top_k"] or None,
+                               top_p=args["top_p"] or None, seed=args["seed"] + i)
+        print(f"--- sample {i} ---\n{text}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Callbacks that write to the run's tracking store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lit_tf.models.generation import generate
+from lit_tf.tracking import mlflow as tracking
+
+
+def sample_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float,
+                 top_k: int | None, top_p: float | None, seed: int, device: torch.device | str = "cpu") -> list[str]:
+    """Continue each prompt; its own generator leaves the global RNG (dropout) untouched."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    eos = tokenizer.token_to_id("[SEP]")
+    out = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [eos]
+        x = torch.tensor([ids], dtype=torch.long, device=device)
+        y = generate(model, x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos,
+                     generator=g)
+        new = [t for t in y[0, len(ids):].tolist() if t != eos]
+        out.append(prompt + tokenizer.decode(new, skip_special_tokens=True))
+    return out
+
+
+class SampleGenerator(L.Callback):
+    """After each validation, continue a few prompts and log them as `samples/step_<N>.txt`
+    (MLflow artifact when the run logs to MLflow; always also under the run folder)."""
+
+    def __init__(self, prompts: Sequence[str], max_new_tokens: int = 40, temperature: float = 0.8,
+                 top_k: int | None = 50, top_p: float | None = 0.95, seed: int = 0) -> None:
+        self.prompts, self.max_new_tokens = list(prompts), max_new_tokens
+        self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        tok = trainer.datamodule.tokenizer.tokenizer
+        texts = sample_texts(pl_module.model, tok, self.prompts, max_new_tokens=self.max_new_tokens,
+                             temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed,
+                             device=pl_module.device)
+        body = f"step {trainer.global_step}\n\n" + "\n\n".join(f"[{i}] {t}" for i, t in enumerate(texts)) + "\n"
+        name = f"step_{trainer.global_step:07d}.txt"
+        folder = Path(trainer.default_root_dir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(body)
+        if isinstance(trainer.logger, tracking.MLFlowLogger):
+            tracking.log_text(trainer.logger, body, f"samples/{name}")
