@@ -25,14 +25,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from lit_tf.data import text
 from lit_tf.data.pretraining import CLMCollator, MLMCollator, PackedBlockDataset, _split_key
-from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler, batch_seed
+from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler, StreamDataModule, batch_seed
 from lit_tf.data.shards import TokenShard, _is_val_doc, _SplitWriter, build_or_load_shards, token_dtype
 from lit_tf.data.tokenizer import (
     CLS,
@@ -253,6 +251,7 @@ class GroupingCollator:
             term = self.stream_terms[exs[0]["stream"]]
             sub = self.collators[term](exs)
             sub["term"] = term
+            sub["stream"] = exs[0]["stream"]  # one stream per term and step (training) or per batch (validation)
             out[name] = sub
         return out
 
@@ -260,7 +259,7 @@ class GroupingCollator:
 # --------------------------------------------------------------------------------------------
 # the DataModule
 # --------------------------------------------------------------------------------------------
-class CrossLingualDataModule(L.LightningDataModule):
+class CrossLingualDataModule(StreamDataModule):
     """Args:
     data: the `data` config group: `languages`, `mono` ({lang: [files]}), `parallel`
         ({"l1-l2": {src: [...], tgt: [...]}}), `alpha`, tokenizer, max_seq_len, batch sizes.
@@ -418,23 +417,18 @@ class CrossLingualDataModule(L.LightningDataModule):
             by_term.setdefault(term, {})[name] = len(self.train_sets[name])
         return {t: alpha_sampling_probs(sizes, alpha) for t, sizes in by_term.items()}
 
-    def _rank_world(self) -> tuple[int, int]:
-        t = self.trainer
-        return (t.global_rank, t.world_size) if t is not None else (0, 1)
-
     def train_dataloader(self) -> ResumableLoader:
-        rank, world = self._rank_world()
-        num_batches = self.max_steps * self.accumulate if self.max_steps > 0 else 1000
+        rank, world = self.rank_world()
+        bs = int(self.cfg["batch_size"])
+        # without max_steps, an "epoch" is one pass over the largest stream
+        num_batches = self.train_batches() or max(1, max(len(v) for v in self.train_sets.values()) // (bs * world))
         sampler = MixtureBatchSampler({k: len(v) for k, v in self.train_sets.items()}, self.term_probs(),
-                                      int(self.cfg["batch_size"]), num_batches, self.seed, rank, world)
-        return ResumableLoader(
-            StreamMixture(self.train_sets, self.stream_terms), batch_sampler=sampler,
-            collate_fn=GroupingCollator(self._collators(), self.stream_terms, by_stream=False),
-            num_workers=int(self.cfg.get("num_workers", 0)), generator=torch.Generator().manual_seed(self.seed),
-            consumed_batches=lambda: self.trainer.global_step * self.accumulate if self.trainer else 0)
+                                      bs, num_batches, self.seed, rank, world)
+        return self.resumable_loader(StreamMixture(self.train_sets, self.stream_terms), sampler,
+                                     GroupingCollator(self._collators(), self.stream_terms, by_stream=False))
 
     def val_dataloader(self) -> list[DataLoader]:
-        rank, world = self._rank_world()
+        rank, world = self.rank_world()
         loaders = []
         collate = GroupingCollator(self._collators(), self.stream_terms, by_stream=True)
         bs = int(self.cfg.get("val_batch_size") or self.cfg["batch_size"])
@@ -442,7 +436,7 @@ class CrossLingualDataModule(L.LightningDataModule):
             sampler = _TaggedSampler(name, StreamBatchSampler(len(ds), bs, seed=self.seed + 1 + k, shuffle=False,
                                                               rank=rank, world_size=world))
             loaders.append(DataLoader(StreamMixture({name: ds}, self.stream_terms), batch_sampler=sampler,
-                                      collate_fn=collate, generator=torch.Generator().manual_seed(self.seed)))
+                                      **self.loader_kwargs(collate)))
         return loaders
 
     @property

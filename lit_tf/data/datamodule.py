@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from lit_tf.data import text
 from lit_tf.data.pretraining import CLMCollator, MLMCollator, PackedBlockDataset, SentencePairDataset
-from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler
+from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler, StreamDataModule
 from lit_tf.data.shards import TokenShard, build_or_load_shards
 from lit_tf.data.tokenizer import (
     CLS,
@@ -71,7 +70,7 @@ class CorpusSources:
         return cls(train, val)
 
 
-class PretrainDataModule(L.LightningDataModule):
+class PretrainDataModule(StreamDataModule):
     """Serves masked-LM (and NSP) batches from cached shards.
 
     Args:
@@ -176,41 +175,23 @@ class PretrainDataModule(L.LightningDataModule):
             whole_word=bool(self.obj.get("whole_word", False)),
         )
 
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def _consumed_batches(self) -> int:
-        trainer = self.trainer
-        return trainer.global_step * self.accumulate if trainer is not None else 0
-
-    def _loader_kwargs(self) -> dict[str, Any]:
-        workers = int(self.cfg.get("num_workers", 0))
-        # The loader's own generator keeps iterator creation from consuming the global RNG
-        # (which dropout uses), so a resumed run sees the same random stream.
-        return {"collate_fn": self.collator(), "num_workers": workers, "persistent_workers": workers > 0,
-                "pin_memory": bool(self.cfg.get("pin_memory", False)),
-                "generator": torch.Generator().manual_seed(self.seed)}
-
     def train_dataloader(self) -> ResumableLoader:
-        rank, world = self._rank_world()
-        num_batches = self.max_steps * self.accumulate if self.max_steps > 0 else None
+        rank, world = self.rank_world()
         sampler = StreamBatchSampler(
-            len(self.train_set), int(self.cfg["batch_size"]), num_batches=num_batches, seed=self.seed,
+            len(self.train_set), int(self.cfg["batch_size"]), num_batches=self.train_batches(), seed=self.seed,
             shuffle=True, rank=rank, world_size=world,
         )
-        return ResumableLoader(self.train_set, batch_sampler=sampler, consumed_batches=self._consumed_batches,
-                               **self._loader_kwargs())
+        return self.resumable_loader(self.train_set, sampler, self.collator())
 
     def val_dataloader(self):
         from torch.utils.data import DataLoader
 
-        rank, world = self._rank_world()
+        rank, world = self.rank_world()
         sampler = StreamBatchSampler(
             len(self.val_set), int(self.cfg.get("val_batch_size") or self.cfg["batch_size"]), seed=self.seed + 1,
             shuffle=False, rank=rank, world_size=world,
         )
-        return DataLoader(self.val_set, batch_sampler=sampler, **self._loader_kwargs())
+        return DataLoader(self.val_set, batch_sampler=sampler, **self.loader_kwargs(self.collator()))
 
 
 def build_datamodule(data: Mapping, objective: Mapping, **kwargs: Any) -> L.LightningDataModule:

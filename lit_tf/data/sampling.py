@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 
@@ -123,3 +125,39 @@ class ResumableLoader(DataLoader):
                 f"checkpoint was trained with seed {state['seed']} but this run uses {self.stream_sampler.seed}: "
                 "resume with the same seed (or start a new run)"
             )
+
+
+class StreamDataModule(L.LightningDataModule):
+    """What every lit_tf DataModule shares: where this rank stands and how far training got.
+
+    Subclasses set `seed`, `accumulate` (gradient accumulation) and `max_steps`.
+    """
+
+    seed: int = 0
+    accumulate: int = 1
+    max_steps: int = -1
+
+    def rank_world(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def consumed_batches(self) -> int:
+        """Training batches used so far on this rank (optimizer steps x accumulation)."""
+        t = self.trainer
+        return t.global_step * self.accumulate if t is not None else 0
+
+    def train_batches(self) -> int | None:
+        """Length of the training stream: `max_steps` worth of batches (None: one pass per epoch)."""
+        return self.max_steps * self.accumulate if self.max_steps > 0 else None
+
+    def resumable_loader(self, dataset, sampler, collate_fn) -> ResumableLoader:
+        return ResumableLoader(dataset, batch_sampler=sampler, consumed_batches=self.consumed_batches,
+                               **self.loader_kwargs(collate_fn))
+
+    def loader_kwargs(self, collate_fn) -> dict[str, Any]:
+        # The loader's own generator keeps iterator creation from consuming the global RNG
+        # (which dropout uses), so a resumed run sees the same random stream.
+        workers = int(self.cfg.get("num_workers", 0))
+        return {"collate_fn": collate_fn, "num_workers": workers, "persistent_workers": workers > 0,
+                "pin_memory": bool(self.cfg.get("pin_memory", False)),
+                "generator": torch.Generator().manual_seed(self.seed)}

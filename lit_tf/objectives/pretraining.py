@@ -126,8 +126,10 @@ class CrossLingualObjective(nn.Module):
     `attention_mask` and `mlm_labels` (MLM/TLM) or `labels` (CLM).
 
     Args:
-        weights: per term type: a float or an XLM-style schedule string "step:value,..."
-            (piecewise linear, e.g. "0:1,2000:0.1"). Terms with weight 0 still get metrics.
+        weights: per term type (`mlm`, `tlm`, `clm`, `adv`), optionally per stream (`mlm/es`,
+            `tlm/en-es`, overriding the term's weight for that stream): a float or an XLM-style
+            schedule string "step:value,..." (piecewise linear, e.g. "0:1,2000:0.1").
+            Terms with weight 0 still get metrics.
         stream_names: validation stream names (e.g. ["en", "es", "en-es"]) for the metric list.
         discriminator: optional `LanguageDiscriminator`; with `weights["adv"]` it adds a
             language-adversarial term on mean-pooled monolingual states (gradient reversal).
@@ -141,7 +143,7 @@ class CrossLingualObjective(nn.Module):
         discriminator: nn.Module | None = None, adv_lambda: float = 1.0,
     ) -> None:
         super().__init__()
-        _check_weights(weights, set(self.TERMS))
+        _check_weights({k.split("/")[0]: v for k, v in weights.items()}, set(self.TERMS))
         self.schedules = {k: PiecewiseLinear.parse(v) for k, v in weights.items()}
         if discriminator is None and "adv" in self.schedules:
             raise ValueError("objective.weights.adv needs objective.adversarial.enabled=true")
@@ -151,14 +153,18 @@ class CrossLingualObjective(nn.Module):
 
     @property
     def terms(self) -> tuple[str, ...]:
-        return tuple(k for k in self.TERMS if k in self.schedules)
+        return tuple(k for k in self.TERMS if k in self.schedules or any(s.startswith(k + "/") for s in self.schedules))
 
     @property
     def val_terms(self) -> tuple[str, ...]:
         return tuple(f"{s}/{t}" for s, t in self.stream_terms.items())
 
-    def weight(self, term: str, step: int) -> float:
-        return self.schedules[term](step) if term in self.schedules else 0.0
+    def weight(self, term: str, step: int, stream: str | None = None) -> float:
+        """The weight of `term` at `step`; a `term/stream` entry overrides the term's own."""
+        for key in (f"{term}/{stream}", term):
+            if key in self.schedules:
+                return self.schedules[key](step)
+        return 0.0
 
     def forward(self, model: nn.Module, batch: Mapping[str, Mapping[str, Tensor]], step: int = 0) -> ObjectiveOutput:
         terms: dict[str, Count] = {}
@@ -176,7 +182,7 @@ class CrossLingualObjective(nn.Module):
                 out = model(sub["input_ids"], lang_ids=sub.get("lang_ids"), attention_mask=sub["attention_mask"],
                             position_ids=sub.get("position_ids"), mlm_positions=labels != IGNORE_INDEX)
                 terms[name], acc[name] = _masked_lm_term(out.mlm_logits, labels)
-            w = self.weight(term, step)
+            w = self.weight(term, step, sub.get("stream"))
             if w:
                 loss = loss + w * _mean(terms[name])
             if self.discriminator is not None and term in ("mlm", "clm") and self.training:

@@ -30,9 +30,13 @@ def test_every_experiment_instantiates(compose, experiment, debug):
     cfg = compose([f"experiment={experiment}"] + ([f"debug={debug}"] if debug else []))
     assert cfg.name == experiment
     obj = OmegaConf.to_container(cfg.objective, resolve=True)
-    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), obj, vocab_size=cfg.data.tokenizer.vocab_size)
-    objective = build_objective(obj)
-    assert model.num_parameters() > 0 and set(objective.weights) <= {"mlm", "nsp"}
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    langs = data.get("languages") or []
+    model = build_model(OmegaConf.to_container(cfg.model, resolve=True), obj, vocab_size=cfg.data.tokenizer.vocab_size,
+                        languages=langs)
+    streams = {lang: "mlm" for lang in langs}
+    objective = build_objective(obj, model, streams=streams, n_langs=max(2, len(langs)))
+    assert model.num_parameters() > 0 and objective.terms and objective.val_terms
     assert cfg.model.max_seq_len >= cfg.data.max_seq_len
     if debug == "smoke":
         assert cfg.trainer.max_steps <= 10 and cfg.model.d_model <= 64
