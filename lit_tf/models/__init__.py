@@ -5,6 +5,8 @@ from lit_tf.models.bert import (
     BertConfig,
     BertEmbeddings,
     BertForPreTraining,
+    BertForSequenceClassification,
+    BertForTokenClassification,
     BertMLMHead,
     BertModel,
     BertNSPHead,
@@ -13,13 +15,15 @@ from lit_tf.models.bert import (
 from lit_tf.models.generation import filter_logits, generate
 from lit_tf.models.gpt import GPTBlock, GPTConfig, GPTForCausalLM, GPTModel
 from lit_tf.models.layers import ACTIVATIONS, FeedForward, KVCache, MultiHeadAttention, count_parameters
-from lit_tf.models.outputs import CausalLMOutput, EncoderOutput, PreTrainingOutput
+from lit_tf.models.outputs import CausalLMOutput, ClassifierOutput, EncoderOutput, PreTrainingOutput
 from lit_tf.models.xlm import (
     GradReverse,
     LanguageDiscriminator,
     XLMConfig,
     XLMEmbeddings,
     XLMForPreTraining,
+    XLMForSequenceClassification,
+    XLMForTokenClassification,
     XLMModel,
     grad_reverse,
     mean_pool,
@@ -31,11 +35,14 @@ __all__ = [
     "BertConfig",
     "BertEmbeddings",
     "BertForPreTraining",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
     "BertMLMHead",
     "BertModel",
     "BertNSPHead",
     "BertPooler",
     "CausalLMOutput",
+    "ClassifierOutput",
     "EncoderOutput",
     "FeedForward",
     "GPTBlock",
@@ -50,6 +57,8 @@ __all__ = [
     "XLMConfig",
     "XLMEmbeddings",
     "XLMForPreTraining",
+    "XLMForSequenceClassification",
+    "XLMForTokenClassification",
     "XLMModel",
     "count_parameters",
     "filter_logits",

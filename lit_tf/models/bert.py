@@ -1,6 +1,7 @@
 """BERT (Devlin et al., 2019): a post-LayerNorm Transformer encoder with MLM and NSP heads.
 
-Read top to bottom: config -> embeddings -> block -> encoder -> heads -> pre-training model.
+Read top to bottom: config -> embeddings -> block -> encoder -> heads -> pre-training model ->
+fine-tuning models (sequence and token classification).
 Shapes use B = batch, T = sequence length, C = d_model, V = vocab_size, N = number of
 masked positions selected for prediction.
 """
@@ -19,7 +20,7 @@ from lit_tf.models.layers import (
     count_parameters,
     make_activation,
 )
-from lit_tf.models.outputs import EncoderOutput, PreTrainingOutput
+from lit_tf.models.outputs import ClassifierOutput, EncoderOutput, PreTrainingOutput
 
 
 @dataclass
@@ -225,6 +226,89 @@ class BertForPreTraining(nn.Module):
 
         nsp_logits = self.nsp_head(hidden) if self.nsp_head is not None else None  # (B, 2)
         return PreTrainingOutput(hidden=hidden, mlm_logits=mlm_logits, nsp_logits=nsp_logits)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        return count_parameters(self, exclude_embeddings=exclude_embeddings)
+
+
+# ----------------------------------------------------------------------------- fine-tuning models
+
+
+def classifier_dropout_p(num_labels: int, classifier_dropout: float | None, default: float) -> float:
+    """Validate a classification head's arguments; return its dropout probability
+    (``classifier_dropout``, or the encoder's ``default`` dropout when None, as in HF)."""
+    if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels <= 0:
+        raise ValueError(f"num_labels must be a positive int, got {num_labels!r}")
+    p = default if classifier_dropout is None else classifier_dropout
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"classifier_dropout must be in [0, 1), got {p!r}")
+    return p
+
+
+class BertForSequenceClassification(nn.Module):
+    """BertModel + pooler (dense + tanh on [CLS]) -> dropout -> Linear(C, num_labels).
+
+    ``bert`` is a plain ``BertModel``, so a pretrained encoder transfers with
+    ``clf.bert.load_state_dict(pretrained.bert.state_dict())``. Returns logits, never a loss.
+    """
+
+    def __init__(self, cfg: BertConfig, num_labels: int, classifier_dropout: float | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.num_labels = num_labels
+        self.bert = BertModel(cfg)
+        self.pooler = BertPooler(cfg)
+        self.dropout = nn.Dropout(classifier_dropout_p(num_labels, classifier_dropout, cfg.dropout))
+        self.classifier = nn.Linear(cfg.d_model, num_labels)
+        _init_bert_weights(self, cfg)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> ClassifierOutput:
+        """Inputs as ``BertModel.forward`` -> logits (B, num_labels)."""
+        hidden = self.bert(
+            input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).hidden  # (B, T, C)
+        logits = self.classifier(self.dropout(self.pooler(hidden)))  # (B, C) -> (B, num_labels)
+        return ClassifierOutput(hidden=hidden, logits=logits)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        return count_parameters(self, exclude_embeddings=exclude_embeddings)
+
+
+class BertForTokenClassification(nn.Module):
+    """BertModel -> dropout -> Linear(C, num_labels) at every position (tagging, NER).
+
+    Padding never leaks into real positions (attention masks padded keys), so the logits at real
+    tokens do not depend on how much padding follows. Returns logits, never a loss.
+    """
+
+    def __init__(self, cfg: BertConfig, num_labels: int, classifier_dropout: float | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.num_labels = num_labels
+        self.bert = BertModel(cfg)
+        self.dropout = nn.Dropout(classifier_dropout_p(num_labels, classifier_dropout, cfg.dropout))
+        self.classifier = nn.Linear(cfg.d_model, num_labels)
+        _init_bert_weights(self, cfg)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> ClassifierOutput:
+        """Inputs as ``BertModel.forward`` -> logits (B, T, num_labels)."""
+        hidden = self.bert(
+            input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).hidden  # (B, T, C)
+        logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
+        return ClassifierOutput(hidden=hidden, logits=logits)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         return count_parameters(self, exclude_embeddings=exclude_embeddings)

@@ -32,3 +32,11 @@ class CausalLMOutput:
 
     hidden: Tensor  # (B, T, C) final hidden states (after the final LayerNorm)
     lm_logits: Tensor  # (B, T, V)
+
+
+@dataclass
+class ClassifierOutput:
+    """Output of the ``*ForSequenceClassification`` / ``*ForTokenClassification`` models."""
+
+    hidden: Tensor  # (B, T, C) final-layer hidden states of the encoder
+    logits: Tensor  # (B, num_labels) for sequence classification, (B, T, num_labels) for token classification

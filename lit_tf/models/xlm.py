@@ -1,7 +1,7 @@
 """XLM (Lample & Conneau, 2019): a cross-lingual post-LayerNorm Transformer encoder.
 
-Read top to bottom: config -> embeddings -> encoder -> pre-training model -> language-adversarial
-parts (gradient reversal, discriminator, mean pooling).
+Read top to bottom: config -> embeddings -> encoder -> pre-training model -> classification models
+-> language-adversarial parts (gradient reversal, discriminator, mean pooling).
 
 The same network serves XLM's three objectives; only the data and ``XLMConfig.causal`` differ:
 
@@ -23,9 +23,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lit_tf.models.bert import BertBlock, BertConfig, BertMLMHead, _init_bert_weights
+from lit_tf.models.bert import (
+    BertBlock,
+    BertConfig,
+    BertMLMHead,
+    BertPooler,
+    _init_bert_weights,
+    classifier_dropout_p,
+)
 from lit_tf.models.layers import ConfigMixin, count_parameters
-from lit_tf.models.outputs import EncoderOutput, PreTrainingOutput
+from lit_tf.models.outputs import ClassifierOutput, EncoderOutput, PreTrainingOutput
 
 
 @dataclass
@@ -195,6 +202,75 @@ class XLMForPreTraining(nn.Module):
                 )
             mlm_logits = self.lm_head(hidden[mlm_positions])  # (B, T, C) -> (N, C) -> (N, V)
         return PreTrainingOutput(hidden=hidden, mlm_logits=mlm_logits, nsp_logits=None)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        return count_parameters(self, exclude_embeddings=exclude_embeddings)
+
+
+class XLMForSequenceClassification(nn.Module):
+    """XLMModel + pooler -> dropout -> Linear(C, num_labels).
+
+    The pooler is BERT's (dense + tanh on the first token's hidden state), chosen so BERT and XLM
+    classifiers have the same shape. (HF's ``XLMForSequenceClassification`` instead feeds the
+    first token straight to the output Linear, so this head is not exported to HF; the encoder is.)
+    ``xlm`` is a plain ``XLMModel``: transfer a pretrained encoder with
+    ``clf.xlm.load_state_dict(pretrained.xlm.state_dict())``. Returns logits, never a loss.
+    """
+
+    def __init__(self, cfg: XLMConfig, num_labels: int, classifier_dropout: float | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.num_labels = num_labels
+        self.xlm = XLMModel(cfg)
+        self.pooler = BertPooler(cfg.as_bert_config())
+        self.dropout = nn.Dropout(classifier_dropout_p(num_labels, classifier_dropout, cfg.dropout))
+        self.classifier = nn.Linear(cfg.d_model, num_labels)
+        _init_weights(self, cfg)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        lang_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> ClassifierOutput:
+        """Inputs as ``XLMModel.forward`` -> logits (B, num_labels)."""
+        hidden = self.xlm(
+            input_ids, lang_ids=lang_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).hidden  # (B, T, C)
+        logits = self.classifier(self.dropout(self.pooler(hidden)))  # (B, C) -> (B, num_labels)
+        return ClassifierOutput(hidden=hidden, logits=logits)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        return count_parameters(self, exclude_embeddings=exclude_embeddings)
+
+
+class XLMForTokenClassification(nn.Module):
+    """XLMModel -> dropout -> Linear(C, num_labels) at every position (same layout as HF's).
+    Returns logits, never a loss."""
+
+    def __init__(self, cfg: XLMConfig, num_labels: int, classifier_dropout: float | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.num_labels = num_labels
+        self.xlm = XLMModel(cfg)
+        self.dropout = nn.Dropout(classifier_dropout_p(num_labels, classifier_dropout, cfg.dropout))
+        self.classifier = nn.Linear(cfg.d_model, num_labels)
+        _init_weights(self, cfg)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        lang_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> ClassifierOutput:
+        """Inputs as ``XLMModel.forward`` -> logits (B, T, num_labels)."""
+        hidden = self.xlm(
+            input_ids, lang_ids=lang_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).hidden  # (B, T, C)
+        logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
+        return ClassifierOutput(hidden=hidden, logits=logits)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         return count_parameters(self, exclude_embeddings=exclude_embeddings)

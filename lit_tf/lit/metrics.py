@@ -1,0 +1,76 @@
+"""torchmetrics wrappers around the pure evaluation code in ``lit_tf.objectives``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lit_tf.objectives.tagging import check_scheme, entity_counts
+
+__all__ = ["EntityF1"]
+
+
+class EntityF1(Metric):
+    """Entity-level micro precision / recall / F1 (exact span + type), seqeval-default semantics.
+
+    States are integer counts summed across processes (``dist_reduce_fx="sum"``), so the result
+    under DDP equals a single pass over the whole evaluation set (no averaging of per-rank F1s).
+
+    Args:
+        scheme: ``"IOB1"``, ``"IOB2"`` or ``"IOBES"`` (see :mod:`lit_tf.objectives.tagging`).
+        types: optional entity types to also report ``f1/<type>``; per-type states need a list
+            fixed up front so every rank holds tensors of the same shape. Entities of other types
+            still count in the micro scores.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    tp: Tensor
+    n_pred: Tensor
+    n_true: Tensor
+
+    def __init__(self, scheme: str = "IOB2", types: Sequence[str] | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        check_scheme(scheme)
+        self.scheme = scheme
+        self.types = tuple(types or ())
+        zero = torch.tensor(0, dtype=torch.long)
+        zeros = torch.zeros(len(self.types), dtype=torch.long)
+        for name in ("tp", "n_pred", "n_true"):
+            self.add_state(name, default=zero.clone(), dist_reduce_fx="sum")
+            self.add_state(f"type_{name}", default=zeros.clone(), dist_reduce_fx="sum")
+
+    def update(self, pred_tag_seqs: Sequence[Sequence[str]], true_tag_seqs: Sequence[Sequence[str]]) -> None:
+        """Add one batch of sentences: predicted and gold tag strings, word-aligned."""
+        c = entity_counts(true_tag_seqs, pred_tag_seqs, self.scheme)
+        self.tp += c.tp
+        self.n_pred += c.n_pred
+        self.n_true += c.n_true
+        if self.types:
+            per = torch.tensor([c.per_type.get(t, [0, 0, 0]) for t in self.types], dtype=torch.long)
+            per = per.to(self.type_tp.device)  # (n_types, 3)
+            self.type_tp += per[:, 0]
+            self.type_n_pred += per[:, 1]
+            self.type_n_true += per[:, 2]
+
+    @staticmethod
+    def _prf(tp: Tensor, n_pred: Tensor, n_true: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        tp = tp.double()
+        p = torch.where(n_pred > 0, tp / n_pred.clamp(min=1), torch.zeros_like(tp))
+        r = torch.where(n_true > 0, tp / n_true.clamp(min=1), torch.zeros_like(tp))
+        f = torch.where(p + r > 0, 2 * p * r / (p + r).clamp(min=1e-12), torch.zeros_like(tp))
+        return p.float(), r.float(), f.float()
+
+    def compute(self) -> dict[str, Tensor]:
+        p, r, f = self._prf(self.tp, self.n_pred, self.n_true)
+        out = {"f1": f, "precision": p, "recall": r}
+        if self.types:
+            _, _, tf_ = self._prf(self.type_tp, self.type_n_pred, self.type_n_true)
+            for i, t in enumerate(self.types):
+                out[f"f1/{t}"] = tf_[i]
+        return out
