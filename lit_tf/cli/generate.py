@@ -8,24 +8,16 @@ from __future__ import annotations
 
 import sys
 
+from lit_tf.cli.args import parse_kv
+
 OPTIONS = {"ckpt": str, "prompt": str, "max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float,
            "num_samples": int, "seed": int}
 
 
 def parse(argv: list[str]) -> dict:
-    args = {"max_new_tokens": 60, "temperature": 0.8, "top_k": 50, "top_p": 0.95, "num_samples": 1, "seed": 0,
-            "prompt": ""}
-    for a in argv:
-        key, sep, value = a.partition("=")
-        if not sep or key not in OPTIONS:
-            raise SystemExit(f"error: expected key=value with key in {sorted(OPTIONS)}, got {a!r}\n{__doc__}")
-        try:
-            args[key] = OPTIONS[key](value)
-        except ValueError:
-            raise SystemExit(f"error: {key}={value!r} is not a valid {OPTIONS[key].__name__}") from None
-    if "ckpt" not in args:
-        raise SystemExit(f"error: ckpt=PATH is required\n{__doc__}")
-    return args
+    defaults = {"max_new_tokens": 60, "temperature": 0.8, "top_k": 50, "top_p": 0.95, "num_samples": 1, "seed": 0,
+                "prompt": ""}
+    return parse_kv(argv, OPTIONS, defaults, ["ckpt"], __doc__)
 
 
 def main(argv: list[str] | None = None) -> None:

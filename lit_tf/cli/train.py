@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,133 @@ def _final_metrics(trainer) -> dict[str, float]:
     return out
 
 
+@dataclass
+class _Built:
+    """What differs between pretraining and fine-tuning runs; the rest of `train` is shared."""
+
+    datamodule: Any
+    model: Any
+    objective: Any
+    family: str
+    tokenizer_key: str
+    tokenizer_json: str
+    meta: dict = field(default_factory=dict)
+    module_kwargs: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)
+
+
+def _build_pretraining(cfg: DictConfig, trainer_cfg: dict, objective_cfg: dict) -> _Built:
+    from lit_tf.data.datamodule import build_datamodule
+    from lit_tf.data.tokenizer import PAD
+    from lit_tf.lit.build import build_model, build_objective
+
+    dm = build_datamodule(
+        OmegaConf.to_container(cfg.data, resolve=True), objective_cfg, cache_dir=str(cfg.paths.cache_dir),
+        seed=int(cfg.seed), accumulate_grad_batches=int(trainer_cfg.get("accumulate_grad_batches", 1)),
+        max_steps=int(trainer_cfg.get("max_steps", -1)),
+    )
+    tok = dm.prepare()
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if int(model_cfg.get("max_seq_len", 0)) < int(cfg.data.max_seq_len):
+        raise ValueError(
+            f"data.max_seq_len={cfg.data.max_seq_len} exceeds model.max_seq_len={model_cfg.get('max_seq_len')}"
+        )
+    languages = list(getattr(dm, "languages", []))
+    model = build_model(model_cfg, objective_cfg, tok.vocab_size, pad_id=tok.special_id(PAD), languages=languages)
+    objective = build_objective(objective_cfg, model, streams=getattr(dm, "val_streams", None),
+                                n_langs=max(2, len(languages)))
+    return _Built(dm, model, objective, model_cfg["family"], tok.key, tok.tokenizer.to_str(),
+                  meta={"languages": languages})
+
+
+def _build_finetuning(cfg: DictConfig, trainer_cfg: dict, objective_cfg: dict) -> _Built:
+    """Encoder from `init_from` (checkpoint, MLflow run, HF dir) or scratch + a classification head."""
+    import hashlib
+
+    from lit_tf.data.finetune_module import FineTuneDataModule
+    from lit_tf.data.tokenizer import PAD, TokenizerSpec, train_tokenizer
+    from lit_tf.lit.build import build_objective
+    from lit_tf.lit.init_from import build_classifier, resolve_init
+    from lit_tf.lit.metrics import ClassificationMetrics, TaggingMetrics
+
+    task = objective_cfg["name"]
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    init = resolve_init(cfg.get("init_from"), str(cfg.paths.mlruns_dir))
+    tokenizer = init.tokenizer
+    if init.kind == "hf":
+        from lit_tf.models.hf import import_hf
+
+        _, tokenizer = import_hf(init.hf_dir, task=None)
+        if tokenizer is None:
+            raise ValueError(f"init_from={init.hf_dir}: no tokenizer.json in the model directory")
+    kwargs = {"seed": int(cfg.seed), "accumulate_grad_batches": int(trainer_cfg.get("accumulate_grad_batches", 1)),
+              "max_steps": int(trainer_cfg.get("max_steps", -1))}
+    if tokenizer is None:  # scratch baseline: a tokenizer trained on the fine-tuning text
+        probe = FineTuneDataModule(data, task, tokenizer=None, **kwargs)
+        rows = probe._read("train", data["train"])
+        texts = ([" ".join(w) for w, _ in rows] if task == "token_cls"
+                 else [r[f] for r in rows for f in data["text_fields"]])
+        tokenizer = train_tokenizer(TokenizerSpec.from_config(data.get("tokenizer") or {}), texts)
+    langs = init.languages or []
+    dm = FineTuneDataModule(data, task, tokenizer, lang_ids={lg: i for i, lg in enumerate(langs)} if langs else None,
+                            **kwargs)
+    dm.setup()
+    labels = list(dm.labels.names)
+    model, _ = build_classifier(init, task, len(labels), OmegaConf.to_container(cfg.model, resolve=True),
+                                vocab_size=tokenizer.get_vocab_size(), pad_id=tokenizer.token_to_id(PAD) or 0)
+    family = "xlm" if hasattr(model, "xlm") else "bert"
+    scheme = str(data.get("scheme", "IOB2"))
+    metric = (lambda: TaggingMetrics(labels, scheme)) if task == "token_cls" else (lambda: ClassificationMetrics(labels))
+    tok_json = tokenizer.to_str()
+    tags = {"init_from": str(cfg.get("init_from") or "scratch"), "init_kind": init.kind}
+    if init.parent_run_id:
+        tags["lit_tf.parent_run_id"] = init.parent_run_id  # lineage: the pretraining run
+        tags["mlflow.parentRunId"] = init.parent_run_id
+    return _Built(dm, model, build_objective(objective_cfg), family, hashlib.sha256(tok_json.encode()).hexdigest()[:16],
+                  tok_json, meta={"task": task, "labels": labels, "languages": langs, "scheme": scheme},
+                  module_kwargs={"eval_metrics": metric, "val_streams": dm.val_streams, "test_streams": dm.test_streams},
+                  tags=tags)
+
+
+def _write_reports(module, out_dir: Path, logger) -> None:
+    """Per-stream test reports (JSON) and, for classification, confusion-matrix plots (PNG)."""
+    import json as _json
+
+    from lit_tf.tracking import mlflow as tracking
+
+    folder = out_dir / "reports"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stream, report in module.reports.get("test", {}).items():
+        name = stream or "test"
+        (folder / f"{name}.json").write_text(_json.dumps(report, indent=2))
+        if "confusion" in report:
+            _confusion_png(report, folder / f"{name}_confusion.png", title=f"test {stream}".strip())
+    if logger is not None:
+        tracking.log_artifact(logger, folder, "reports")
+
+
+def _confusion_png(report: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm, labels = report["confusion"], report["labels"]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(labels), 1.0 + 0.6 * len(labels)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(title)
+    for i, row in enumerate(cm):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     """Pretrain (or continue) a model as described by the composed config; return final metrics.
 
@@ -117,9 +245,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     import torch
 
     from lit_tf import __version__
-    from lit_tf.data.datamodule import build_datamodule
-    from lit_tf.data.tokenizer import PAD
-    from lit_tf.lit.build import build_model, build_objective, parameter_counts
+    from lit_tf.lit.build import parameter_counts
     from lit_tf.lit.module import LitModule
     from lit_tf.tracking import mlflow as tracking
 
@@ -134,45 +260,32 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     ckpt_dir = ckpt_file.parent if ckpt_file is not None else out_dir / "checkpoints"
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    accumulate = int(trainer_cfg.get("accumulate_grad_batches", 1))
-    dm = build_datamodule(
-        OmegaConf.to_container(cfg.data, resolve=True), OmegaConf.to_container(cfg.objective, resolve=True),
-        cache_dir=str(cfg.paths.cache_dir), seed=int(cfg.seed), accumulate_grad_batches=accumulate,
-        max_steps=int(trainer_cfg.get("max_steps", -1)),
-    )
-    tok = dm.prepare()
-    if prev_run.get("tokenizer_key") not in (None, tok.key):
+    objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
+    build = _build_finetuning if objective_cfg.get("name") in ("seq_cls", "token_cls") else _build_pretraining
+    b = build(cfg, trainer_cfg, objective_cfg)
+    if prev_run.get("tokenizer_key") not in (None, b.tokenizer_key):
         raise ValueError(
             f"ckpt_path: the checkpoint was trained with tokenizer {prev_run['tokenizer_key']} but this config "
-            f"builds {tok.key}: resume with the same data.tokenizer settings and corpus"
+            f"builds {b.tokenizer_key}: resume with the same data.tokenizer settings and corpus"
         )
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    if int(model_cfg.get("max_seq_len", 0)) < int(cfg.data.max_seq_len):
-        raise ValueError(
-            f"data.max_seq_len={cfg.data.max_seq_len} exceeds model.max_seq_len={model_cfg.get('max_seq_len')}"
-        )
-    objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
-    languages = list(getattr(dm, "languages", []))
-    model = build_model(model_cfg, objective_cfg, tok.vocab_size, pad_id=tok.special_id(PAD), languages=languages)
-    objective = build_objective(objective_cfg, model, streams=getattr(dm, "val_streams", None),
-                                n_langs=max(2, len(languages)))
-    meta = {"family": model_cfg["family"], "model_config": model.cfg.to_dict(), "objective": objective_cfg,
-            "tokenizer_key": tok.key, "tokenizer_json": tok.tokenizer.to_str(), "languages": languages,
-            "lit_tf_version": __version__}
+    dm, model = b.datamodule, b.model
+    b.meta.update(family=b.family, model_config=model.cfg.to_dict(), objective=objective_cfg,
+                  tokenizer_key=b.tokenizer_key, tokenizer_json=b.tokenizer_json, lit_tf_version=__version__)
     optim = cfg.optim
     module = LitModule(
-        model, objective, hydra.utils.instantiate(optim.optimizer),
+        model, b.objective, hydra.utils.instantiate(optim.optimizer),
         weight_decay=float(optim.weight_decay), schedule=str(optim.schedule),
         warmup_steps=optim.get("warmup_steps"), warmup_ratio=float(optim.get("warmup_ratio") or 0.0),
-        min_lr_ratio=float(optim.get("min_lr_ratio") or 0.0), meta=meta,
+        min_lr_ratio=float(optim.get("min_lr_ratio") or 0.0), meta=b.meta, **b.module_kwargs,
     )
+    model_cfg = {"family": b.family}
 
     logger = None
     if cfg.get("logger") and cfg.logger.get("mlflow"):
         mcfg = cfg.logger.mlflow
         tags = {"experiment": str(cfg.name), "git_commit": tracking.git_commit(Path(__file__).parent),
                 "lit_tf_version": __version__, "model_family": str(model_cfg.get("family")),
-                "objective": str(objective_cfg.get("name")), "output_dir": str(out_dir)}
+                "objective": str(objective_cfg.get("name")), "output_dir": str(out_dir), **b.tags}
         if ckpt_file is not None:
             tags["resumed_from"] = str(ckpt_file)
         logger = tracking.make_logger(
@@ -182,11 +295,11 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
         resolved = OmegaConf.to_container(_job_config(cfg), resolve=True)
         tracking.log_text(logger, OmegaConf.to_yaml(resolved), "config/config.yaml")
         tracking.log_params_now(logger, {**resolved, "model_stats": parameter_counts(model),
-                                         "tokenizer": {"key": tok.key, "vocab_size": tok.vocab_size}})
-        tracking.log_artifact(logger, tok.path, "tokenizer")
+                                         "tokenizer": {"key": b.tokenizer_key, "vocab_size": model.cfg.vocab_size}})
+        tracking.log_text(logger, b.tokenizer_json, "tokenizer/tokenizer.json")
 
-    run_info = {"mlflow_run_id": logger.run_id if logger else None, "tokenizer_key": tok.key,
-                "tokenizer_path": str(tok.path), "experiment": str(cfg.name), "checkpoint_dir": str(ckpt_dir)}
+    run_info = {"mlflow_run_id": logger.run_id if logger else None, "tokenizer_key": b.tokenizer_key,
+                "experiment": str(cfg.name), "checkpoint_dir": str(ckpt_dir)}
     _write_json_atomic(out_dir / RUN_FILE, run_info)
     if ckpt_dir.parent != out_dir:
         _write_json_atomic(ckpt_dir.parent / RUN_FILE, run_info)
@@ -196,10 +309,14 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
                         callbacks=_instantiate_callbacks(cfg, ckpt_dir) + list(callbacks or []), default_root_dir=str(out_dir))
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_file) if ckpt_file else None)
 
-    metrics = _final_metrics(trainer)
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or ""
     last = getattr(ckpt_cb, "last_model_path", "") or ""
+    metrics = _final_metrics(trainer)
+    if getattr(dm, "test_streams", None):  # fine-tuning: test metrics come from the best checkpoint
+        trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+        metrics.update(_final_metrics(trainer))
+        _write_reports(module, out_dir, logger)
     if logger is not None:
         if cfg.logger.mlflow.get("log_checkpoint", True):
             tracking.log_artifact(logger, best or last, "checkpoints")
@@ -217,7 +334,8 @@ def _print_summary(cfg: DictConfig, m: dict, logger) -> None:
     lines = [
         "",
         f"lit_tf: finished '{cfg.name}' in {m['wall_s']:.0f}s",
-        *(f"  {k} = {m[k]:.4f}" for k in sorted(m) if k.startswith(("val/", "train/loss")) and isinstance(m[k], float)),
+        *(f"  {k} = {m[k]:.4f}" for k in sorted(m)
+          if k.startswith(("val/", "test/", "train/loss")) and isinstance(m[k], float)),
         f"  outputs:    {m['output_dir']}",
         f"  checkpoint: {m['last_ckpt'] or '-'}",
     ]

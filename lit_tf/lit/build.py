@@ -10,12 +10,17 @@ from torch import nn
 from lit_tf.models import (
     BertConfig,
     BertForPreTraining,
+    BertForSequenceClassification,
+    BertForTokenClassification,
     GPTConfig,
     GPTForCausalLM,
     LanguageDiscriminator,
     XLMConfig,
     XLMForPreTraining,
+    XLMForSequenceClassification,
+    XLMForTokenClassification,
 )
+from lit_tf.objectives.finetune import SequenceClassificationObjective, TokenClassificationObjective
 from lit_tf.objectives.pretraining import CausalLMObjective, CrossLingualObjective, MaskedLMObjective
 
 # family -> (config dataclass, pretraining model class, objectives it can train)
@@ -24,7 +29,14 @@ FAMILIES: dict[str, tuple[type, type, tuple[str, ...]]] = {
     "gpt": (GPTConfig, GPTForCausalLM, ("clm",)),
     "xlm": (XLMConfig, XLMForPreTraining, ("xlm",)),
 }
-OBJECTIVES = ("mlm", "mlm_nsp", "clm", "xlm")
+OBJECTIVES = ("mlm", "mlm_nsp", "clm", "xlm", "seq_cls", "token_cls")
+# (family, fine-tuning task) -> (model class, attribute holding the encoder)
+HEADS: dict[tuple[str, str], tuple[type, str]] = {
+    ("bert", "seq_cls"): (BertForSequenceClassification, "bert"),
+    ("bert", "token_cls"): (BertForTokenClassification, "bert"),
+    ("xlm", "seq_cls"): (XLMForSequenceClassification, "xlm"),
+    ("xlm", "token_cls"): (XLMForTokenClassification, "xlm"),
+}
 
 
 def model_config(model_cfg: Mapping[str, Any], vocab_size: int, pad_id: int = 0, **derived: Any):
@@ -75,6 +87,10 @@ def build_objective(
         raise ValueError(f"objective.name={name!r} is not one of {list(OBJECTIVES)}")
     if name == "clm":
         return CausalLMObjective()
+    if name == "seq_cls":
+        return SequenceClassificationObjective()
+    if name == "token_cls":
+        return TokenClassificationObjective()
     if name == "xlm":
         adv = dict(objective_cfg.get("adversarial") or {})
         disc = None

@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from lit_tf.lit.build import FAMILIES
+from lit_tf.lit.build import FAMILIES, HEADS
 
 
 @dataclass
@@ -40,7 +40,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path}: model family {family!r} is not one of {sorted(FAMILIES)}")
     config_cls, model_cls, _ = FAMILIES[family]
     cfg = config_cls.from_dict(meta["model_config"])
-    if family == "bert":
+    task = meta.get("task")
+    if task in ("seq_cls", "token_cls"):  # a fine-tuned classifier
+        model = HEADS[(family, task)][0](cfg, len(meta["labels"]))
+    elif family == "bert":
         model = model_cls(cfg, nsp=bool(meta["objective"].get("nsp", False)))
     else:
         model = model_cls(cfg)

@@ -74,3 +74,78 @@ class EntityF1(Metric):
             for i, t in enumerate(self.types):
                 out[f"f1/{t}"] = tf_[i]
         return out
+
+
+class ClassificationMetrics(torch.nn.Module):
+    """Accuracy, macro-F1 and the confusion matrix for one evaluation stream (DDP-synced)."""
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        super().__init__()
+        from torchmetrics.classification import (
+            MulticlassAccuracy,
+            MulticlassConfusionMatrix,
+            MulticlassF1Score,
+        )
+
+        k = len(labels)
+        self.labels = list(labels)
+        self.acc = MulticlassAccuracy(num_classes=k, average="micro")
+        self.f1 = MulticlassF1Score(num_classes=k, average="macro")
+        self.confmat = MulticlassConfusionMatrix(num_classes=k)
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        self.acc.update(preds, target)
+        self.f1.update(preds, target)
+        self.confmat.update(preds, target)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {"acc": self.acc.compute(), "f1": self.f1.compute()}
+
+    def report(self) -> dict:
+        """Confusion matrix (rows = gold, columns = predicted) and per-class P/R/F1."""
+        cm = self.confmat.compute().cpu()
+        tp = cm.diag().float()
+        prec = tp / cm.sum(0).clamp(min=1)
+        rec = tp / cm.sum(1).clamp(min=1)
+        f1 = 2 * prec * rec / (prec + rec).clamp(min=1e-12)
+        return {"labels": self.labels, "confusion": cm.tolist(),
+                "per_class": {lab: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
+                                    "support": int(cm[i].sum())} for i, lab in enumerate(self.labels)}}
+
+    def reset(self) -> None:
+        for m in (self.acc, self.f1, self.confmat):
+            m.reset()
+
+
+class TaggingMetrics(torch.nn.Module):
+    """Entity-level F1/precision/recall (and token accuracy) from per-position tag ids.
+
+    `preds`/`target` are (B, T) with IGNORE (-100) everywhere but the first sub-token of each
+    word; the remaining positions, in order, are the sentence's words.
+    """
+
+    def __init__(self, labels: Sequence[str], scheme: str = "IOB2") -> None:
+        super().__init__()
+        self.labels = list(labels)
+        types = sorted({lab[2:] for lab in self.labels if len(lab) > 2 and lab[1] == "-"})
+        self.entity = EntityF1(scheme=scheme, types=types)
+        self.types = types
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        keep = target != -100
+        pred_seqs, gold_seqs = [], []
+        for p, t, k in zip(preds.tolist(), target.tolist(), keep.tolist()):
+            pred_seqs.append([self.labels[x] for x, m in zip(p, k) if m])
+            gold_seqs.append([self.labels[x] for x, m in zip(t, k) if m])
+        self.entity.update(pred_seqs, gold_seqs)
+
+    def compute(self) -> dict[str, Tensor]:
+        out = self.entity.compute()
+        return {k: v for k, v in out.items() if k in ("f1", "precision", "recall")}
+
+    def report(self) -> dict:
+        out = self.entity.compute()
+        return {"labels": self.labels, "per_type": {t: float(out.get(f"f1/{t}", torch.tensor(0.0))) for t in self.types}}
+
+    def reset(self) -> None:
+        self.entity.reset()

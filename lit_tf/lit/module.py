@@ -44,12 +44,19 @@ class LitModule(L.LightningModule):
     min_lr_ratio: floor of the decayed LR as a fraction of the peak.
     meta: what a checkpoint needs to rebuild the model without the config tree (family, model
         config, tokenizer, languages...); stored under `checkpoint["lit_tf"]`.
+    eval_metrics: optional factory of an evaluation metric module (`update(preds, target)`,
+        `compute() -> dict`, `report()`, `reset()`) fed with the objective's `predictions`.
+    val_streams / test_streams: names of the validation / test dataloaders in order (e.g. one per
+        language for zero-shot transfer; "" for a single unnamed one). Metrics are logged as
+        `val/<name>` or `val/<stream>/<name>` (same for `test/`).
     """
 
     def __init__(
         self, model: nn.Module, objective: Callable, optimizer: Callable[..., torch.optim.Optimizer], *,
         weight_decay: float = 0.01, schedule: str = "linear", warmup_steps: int | None = None,
         warmup_ratio: float = 0.0, min_lr_ratio: float = 0.0, meta: Mapping[str, Any] | None = None,
+        eval_metrics: Callable[[], nn.Module] | None = None, val_streams: tuple[str, ...] = ("",),
+        test_streams: tuple[str, ...] = ("",),
     ) -> None:
         super().__init__()
         self.model, self.objective, self.optimizer_factory = model, objective, optimizer
@@ -60,6 +67,11 @@ class LitModule(L.LightningModule):
         self.val_loss = nn.ModuleDict({_key(t): MeanMetric() for t in self.val_names})
         self.val_acc = nn.ModuleDict({_key(t): MeanMetric() for t in self.val_names})
         self.val_total = MeanMetric()
+        self.streams = {"val": tuple(val_streams), "test": tuple(test_streams)}
+        self.eval_metrics = nn.ModuleDict(
+            {f"{split}__{_key(st) or '_'}": eval_metrics() for split, sts in self.streams.items() for st in sts}
+        ) if eval_metrics else None
+        self.reports: dict[str, dict[str, dict]] = {}  # split -> stream -> metric report (after each epoch)
         # Real (non-padding) tokens trained on by this rank; a buffer so checkpoints carry it.
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.float64), persistent=True)
 
@@ -90,6 +102,36 @@ class LitModule(L.LightningModule):
             if n > 0 and _key(name) in self.val_acc:
                 self.val_acc[_key(name)].update(c.float() / n, weight=n)
         self.val_total.update(out.loss, weight=sum(p["input_ids"].shape[0] for p in _flat_batches(batch)))
+        self._update_eval("val", dataloader_idx, out)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._update_eval("test", dataloader_idx, self.objective(self.model, batch, step=self.global_step))
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    # ------------------------------------------------------------------ evaluation metrics
+    def _metric(self, split: str, stream: str) -> nn.Module:
+        return self.eval_metrics[f"{split}__{_key(stream) or '_'}"]
+
+    def _update_eval(self, split: str, dataloader_idx: int, out) -> None:
+        if self.eval_metrics is None or not out.predictions:
+            return
+        metric = self._metric(split, self.streams[split][dataloader_idx])
+        for preds, target in out.predictions.values():
+            metric.update(preds, target)
+
+    def _log_eval(self, split: str) -> None:
+        if self.eval_metrics is None:
+            return
+        logged, self.reports[split] = {}, {}
+        for stream in self.streams[split]:
+            metric = self._metric(split, stream)
+            prefix = f"{split}/{stream}/" if stream else f"{split}/"
+            logged.update({prefix + k: v for k, v in metric.compute().items()})
+            self.reports[split][stream] = metric.report()
+            metric.reset()
+        self.log_dict(logged, add_dataloader_idx=False, prog_bar=split == "val")
 
     def on_validation_epoch_end(self) -> None:
         metrics = {"val/loss": self.val_total.compute()}
@@ -108,6 +150,7 @@ class LitModule(L.LightningModule):
         terms = tuple(self.objective.terms)
         if len(terms) == 1 and terms[0] in PPL_TERMS and f"val/{terms[0]}_loss" in metrics:
             metrics["val/ppl"] = metrics[f"val/{terms[0]}_ppl"]  # a single-term LM: its perplexity
+        self._log_eval("val")
         main = self.val_names[0]
         shown = {k: v for k, v in metrics.items() if k in (f"val/{main}_loss", f"val/{main}_acc")}
         self.log_dict(shown, prog_bar=True, add_dataloader_idx=False)

@@ -39,6 +39,8 @@ class ObjectiveOutput:
     loss: Tensor  # the weighted scalar to back-propagate
     terms: dict[str, Count]  # per-term (loss_sum, n_targets), e.g. {"mlm": ..., "nsp": ...}
     accuracy: dict[str, Count] = field(default_factory=dict)  # per-term (n_correct, n)
+    # per-term (predicted ids, gold ids) for evaluation metrics (fine-tuning objectives)
+    predictions: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
 def _mean(c: Count) -> Tensor:

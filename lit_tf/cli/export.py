@@ -1,0 +1,33 @@
+"""Export a lit_tf checkpoint as a Hugging Face transformers model directory.
+
+    python -m lit_tf.cli.export ckpt=path/to/model.ckpt out=hf_model/
+
+Writes config.json, model.safetensors, tokenizer.json (+ tokenizer_config.json): BERT (masked LM,
+pretraining, sequence / token classification), GPT (GPT2LMHeadModel) and XLM where HF has an
+exactly matching class (see lit_tf.models.hf).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from lit_tf.cli.args import parse_kv
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_kv(sys.argv[1:] if argv is None else argv, {"ckpt": str, "out": str}, {}, ["ckpt", "out"], __doc__)
+    from lit_tf.lit.checkpoint import load_checkpoint
+    from lit_tf.models.hf import export_hf
+
+    loaded = load_checkpoint(args["ckpt"])
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_file = Path(tmp) / "tokenizer.json"
+        loaded.tokenizer.save(str(tok_file))
+        out = export_hf(loaded.model, tok_file, args["out"], labels=loaded.meta.get("labels"))
+    print(f"exported {loaded.meta['family']} ({loaded.meta.get('task') or loaded.meta['objective'].get('name')}) to {out}")
+
+
+if __name__ == "__main__":
+    main()

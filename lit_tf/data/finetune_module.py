@@ -1,0 +1,157 @@
+"""The fine-tuning DataModule: labelled files (or an HF dataset) -> encoded examples -> loaders.
+
+Sequence classification reads tables (`.tsv`/`.csv`/`.jsonl`) with one or two text fields and a
+label field; token classification reads CoNLL files. The label set is fixed from the training
+split (an unseen label in val/test is an error naming the file and line). `val` and `test` may be
+one file or `{language: file}` for zero-shot cross-lingual evaluation: each language becomes its
+own loader and its own metrics (`test/<lang>/acc`, `test/<lang>/f1`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader
+
+from lit_tf.data.finetune import (
+    LabelSet,
+    collate_classification,
+    collate_token_classification,
+    encode_classification,
+    encode_token_classification,
+    read_conll,
+    read_hf_table,
+    read_labeled_table,
+)
+from lit_tf.data.pretraining import _split_key
+from lit_tf.data.sampling import StreamBatchSampler, StreamDataModule
+
+TASKS = ("seq_cls", "token_cls")
+
+
+class _Examples:
+    def __init__(self, examples: list[dict]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, key) -> dict:
+        return self.examples[_split_key(key)[0]]
+
+
+def _streams(spec: Any, default_lang: str) -> dict[str, Any]:
+    """`path` -> {"": path}; `{lang: path}` -> itself; None -> {}."""
+    if spec is None:
+        return {}
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    return {"": spec}
+
+
+class FineTuneDataModule(StreamDataModule):
+    """Args:
+    data: the `data` config group (train/val/test, fields, max_seq_len, batch_size, ...).
+    task: "seq_cls" or "token_cls".
+    tokenizer: the tokenizer of the encoder being fine-tuned.
+    lang_ids: language -> id for XLM encoders (adds `lang_ids` to batches), else None.
+    """
+
+    def __init__(self, data: Mapping, task: str, tokenizer: Tokenizer, *, lang_ids: Mapping[str, int] | None = None,
+                 seed: int = 0, accumulate_grad_batches: int = 1, max_steps: int = -1) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"objective.name={task!r}: fine-tuning tasks are {list(TASKS)}")
+        self.cfg, self.task, self.tok = dict(data), task, tokenizer
+        self.lang_ids = dict(lang_ids) if lang_ids else None
+        self.seed, self.accumulate, self.max_steps = int(seed), int(accumulate_grad_batches), int(max_steps)
+        self.train_lang = str(self.cfg.get("train_lang") or "en")
+        self.labels: LabelSet | None = None
+        self.sets: dict[str, dict[str, _Examples]] = {}
+
+    # ------------------------------------------------------------------ reading
+    def _read(self, split: str, source: Any) -> list:
+        c = self.cfg
+        limit = c.get("max_train_examples") if split == "train" else c.get("max_eval_examples")
+        if self.task == "token_cls":
+            conll = dict(c.get("conll") or {})
+            rows = read_conll(str(source), token_col=int(conll.get("token_col", 0)), tag_col=int(conll.get("tag_col", -1)))
+        elif c.get("hf_name"):
+            rows = read_hf_table(c["hf_name"], c.get("hf_config"), str(source), list(c["text_fields"]), str(c["label_field"]))
+        else:
+            rows = read_labeled_table(str(source), list(c["text_fields"]), str(c["label_field"]), fmt=c.get("format"),
+                                      has_header=c.get("has_header"), column_names=c.get("column_names"))
+        return rows[:limit] if limit else rows
+
+    def _encode(self, rows: list, source: str) -> list[dict]:
+        L_ = int(self.cfg["max_seq_len"])
+        if self.task == "token_cls":
+            return encode_token_classification(self.tok, rows, self.labels, L_, source=source)
+        return encode_classification(self.tok, rows, list(self.cfg["text_fields"]), self.labels, L_)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sets:
+            return
+        train_src = self.cfg.get("train")
+        if not train_src:
+            raise ValueError("data.train: give the training file (or HF split name with data.hf_name)")
+        train_rows = self._read("train", train_src)
+        if not train_rows:
+            raise ValueError(f"data.train={train_src}: no examples")
+        tags = (t for _, ts in train_rows for t in ts) if self.task == "token_cls" else (r["label"] for r in train_rows)
+        self.labels = LabelSet.from_labels(tags)
+        self.sets["train"] = {self.train_lang: _Examples(self._encode(train_rows, str(train_src)))}
+        for split in ("val", "test"):
+            self.sets[split] = {
+                lang: _Examples(self._encode(self._read(split, src), str(src)))
+                for lang, src in _streams(self.cfg.get(split), self.train_lang).items()
+            }
+        if not self.sets["val"]:
+            raise ValueError("data.val: give a validation file (or {language: file})")
+
+    @property
+    def val_streams(self) -> tuple[str, ...]:
+        return tuple(self.sets["val"])
+
+    @property
+    def test_streams(self) -> tuple[str, ...]:
+        return tuple(self.sets["test"])
+
+    # ------------------------------------------------------------------ loaders
+    def _collate(self, lang: str):
+        pad = self.tok.token_to_id("[PAD]") or 0
+        base = collate_token_classification if self.task == "token_cls" else collate_classification
+        lang_id = None if self.lang_ids is None else self.lang_ids.get(lang or self.train_lang)
+        if self.lang_ids is not None and lang_id is None:
+            raise ValueError(f"language {lang!r} is not one the encoder was pretrained on: {sorted(self.lang_ids)}")
+
+        def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+            batch = base(examples, pad)
+            if lang_id is not None:
+                batch["lang_ids"] = torch.full_like(batch["input_ids"], lang_id)
+            return batch
+
+        return collate
+
+    def train_dataloader(self):
+        rank, world = self.rank_world()
+        ds = self.sets["train"][self.train_lang]
+        sampler = StreamBatchSampler(len(ds), int(self.cfg["batch_size"]), num_batches=self.train_batches(),
+                                     seed=self.seed, rank=rank, world_size=world)
+        return self.resumable_loader(ds, sampler, self._collate(self.train_lang))
+
+    def _eval_loaders(self, split: str) -> list[DataLoader]:
+        rank, world = self.rank_world()
+        bs = int(self.cfg.get("val_batch_size") or self.cfg["batch_size"])
+        return [DataLoader(ds, batch_sampler=StreamBatchSampler(len(ds), bs, shuffle=False, rank=rank, world_size=world),
+                           **self.loader_kwargs(self._collate(lang)))
+                for lang, ds in self.sets[split].items()]
+
+    def val_dataloader(self):
+        return self._eval_loaders("val")
+
+    def test_dataloader(self):
+        return self._eval_loaders("test")

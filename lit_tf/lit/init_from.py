@@ -1,0 +1,105 @@
+"""Where a fine-tuning run starts: a lit_tf checkpoint, an MLflow run, a local HF model dir, or scratch.
+
+`init_from` may be
+- a path to a `.ckpt` written by `train.py` (its model config and tokenizer travel inside it);
+- an MLflow run id (32 hex characters) from the local store: its logged checkpoint is used and the
+  new run is tagged with the parent so the MLflow UI shows the lineage;
+- a local Hugging Face model directory (`config.json` + weights + `tokenizer.json`; BERT family);
+- null: train from scratch (the baseline) with the `model` config and a tokenizer trained on the
+  fine-tuning text.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+from torch import nn
+
+from lit_tf.lit.build import FAMILIES, HEADS
+from lit_tf.lit.checkpoint import load_checkpoint
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class InitSource:
+    kind: str  # "checkpoint" | "mlflow_run" | "hf" | "scratch"
+    family: str | None = None
+    config: Any = None  # the encoder's config dataclass
+    encoder: nn.Module | None = None  # backbone with pretrained weights (bert / xlm module)
+    tokenizer: Tokenizer | None = None
+    languages: list[str] | None = None
+    parent_run_id: str | None = None
+    hf_dir: Path | None = None
+    path: str | None = None
+
+
+def _from_checkpoint(path: str | Path, kind: str = "checkpoint", parent: str | None = None) -> InitSource:
+    loaded = load_checkpoint(path)
+    family = loaded.meta["family"]
+    if family not in ("bert", "xlm"):
+        raise ValueError(f"init_from={path}: a {family!r} model cannot be fine-tuned for classification; "
+                         "use an encoder (bert or xlm) checkpoint")
+    return InitSource(kind, family, loaded.model.cfg, getattr(loaded.model, family), loaded.tokenizer,
+                      list(loaded.meta.get("languages") or []), parent, path=str(path))
+
+
+def _from_mlflow_run(run_id: str, mlruns_dir: str) -> InitSource:
+    from mlflow.tracking import MlflowClient
+
+    from lit_tf.tracking.mlflow import store_uris
+
+    client = MlflowClient(store_uris(mlruns_dir)[0])
+    try:
+        client.get_run(run_id)
+    except Exception as e:  # MlflowException: not found
+        raise ValueError(f"init_from={run_id}: no such MLflow run in {mlruns_dir}") from e
+    ckpts = [f.path for f in client.list_artifacts(run_id, "checkpoints") if f.path.endswith(".ckpt")]
+    if not ckpts:
+        raise ValueError(f"init_from={run_id}: that run logged no checkpoint artifact (logger.mlflow.log_checkpoint)")
+    local = client.download_artifacts(run_id, ckpts[0], tempfile.mkdtemp(prefix="lit_tf_init_"))
+    return _from_checkpoint(local, "mlflow_run", parent=run_id)
+
+
+def resolve_init(init_from: str | None, mlruns_dir: str) -> InitSource:
+    if not init_from:
+        return InitSource("scratch")
+    spec = str(init_from)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return _from_checkpoint(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"init_from={spec}: a directory needs config.json (a Hugging Face model dir)")
+        return InitSource("hf", hf_dir=path, path=str(path))
+    if RUN_ID.match(spec):
+        return _from_mlflow_run(spec, mlruns_dir)
+    raise ValueError(f"init_from={spec!r}: not a checkpoint file, a model directory or an MLflow run id")
+
+
+def build_classifier(init: InitSource, task: str, num_labels: int, model_cfg: dict | None = None,
+                     vocab_size: int | None = None, pad_id: int = 0) -> tuple[nn.Module, Tokenizer | None]:
+    """A classification model for `task` with the pretrained encoder of `init` (or fresh)."""
+    if init.kind == "hf":
+        from lit_tf.models.hf import import_hf
+
+        model, tok = import_hf(init.hf_dir, task=task, num_labels=num_labels)
+        return model, tok
+    if init.kind == "scratch":
+        cfg = dict(model_cfg or {})
+        family = cfg.pop("family", "bert")
+        if family not in ("bert", "xlm"):
+            raise ValueError(f"model.family={family!r}: fine-tuning from scratch needs an encoder (bert or xlm)")
+        cfg.update(vocab_size=vocab_size, pad_id=pad_id)
+        config = FAMILIES[family][0].from_dict(cfg)
+        cls, _ = HEADS[(family, task)]
+        return cls(config, num_labels), None
+    cls, attr = HEADS[(init.family, task)]
+    model = cls(init.config, num_labels)
+    getattr(model, attr).load_state_dict(init.encoder.state_dict())
+    return model, init.tokenizer

@@ -1,0 +1,90 @@
+"""Fine-tuning end to end: init_from (checkpoint, MLflow run, HF dir), own data, zero-shot, CLIs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+from lit_tf.cli.train import train
+
+SMOKE = ["debug=smoke"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=180, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, cache_dir):
+    """A tiny pretraining run (quickstart, smoke size) logged to MLflow."""
+    from lit_tf.cli.train import compose_config
+
+    out = tmp_path_factory.mktemp("pre")
+    cfg = compose_config([f"paths.cache_dir={cache_dir}", f"paths.log_dir={out / 'outputs'}",
+                          f"paths.mlruns_dir={out / 'mlruns'}", *SMOKE])
+    m = train(cfg)
+    return m, out / "mlruns"
+
+
+def test_finetune_from_mlflow_run_keeps_lineage_and_reports(compose, pretrained, tmp_path):
+    pre, mlruns = pretrained
+    cfg = compose(["experiment=finetune_sst2", *SMOKE, f"init_from={pre['run_id']}", f"paths.mlruns_dir={mlruns}"])
+    m = train(cfg)
+    assert 0.0 <= m["test/acc"] <= 1.0 and "val/acc" in m and "val/f1" in m
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
+    run = client.get_run(m["run_id"])
+    assert run.data.tags["lit_tf.parent_run_id"] == pre["run_id"] and run.data.tags["init_kind"] == "mlflow_run"
+    arts = {a.path for a in client.list_artifacts(m["run_id"], "reports")}
+    assert {"reports/test.json", "reports/test_confusion.png"} <= arts
+    report = json.loads((Path(m["output_dir"]) / "reports" / "test.json").read_text())
+    assert sum(map(sum, report["confusion"])) == 100  # every test example counted once (smoke: 100)
+    # the encoder really came from the pretraining checkpoint
+    ft = torch.load(m["last_ckpt"], map_location="cpu", weights_only=False)
+    assert ft["lit_tf"]["model_config"]["d_model"] == 32 and ft["lit_tf"]["labels"] == ["0", "1"]
+
+    pred = _cli("lit_tf.cli.predict", f"ckpt={m['best_ckpt']}", "text=a gripping , funny film", "top=2")
+    assert pred.returncode == 0, pred.stderr[-2000:]
+    labels = [x.split(":")[0] for x in pred.stdout.split("\t")[:2]]
+    assert sorted(labels) == ["0", "1"]
+    out = tmp_path / "hf"
+    exp = _cli("lit_tf.cli.export", f"ckpt={m['best_ckpt']}", f"out={out}")
+    assert exp.returncode == 0, exp.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["BertForSequenceClassification"] and config["id2label"]["1"] == "1"
+
+    # ... and that exported HF directory is itself a valid init_from
+    again = train(compose(["experiment=finetune_sst2", *SMOKE, f"init_from={out}", "logger=none"], out=tmp_path / "r2"))
+    assert "test/acc" in again
+
+
+def test_zero_shot_per_language_metrics_from_checkpoint(compose, pretrained):
+    pre, _ = pretrained
+    m = train(compose(["experiment=xnli_zeroshot_en_es", *SMOKE, f"init_from={pre['last_ckpt']}", "logger=none"]))
+    for k in ("test/en/acc", "test/es/acc", "test/en/f1", "test/es/f1"):
+        assert 0.0 <= m[k] <= 1.0, k
+    ner = train(compose(["experiment=panx_zeroshot_en_es", *SMOKE, "logger=none"]))
+    for k in ("test/en/f1", "test/es/f1", "val/f1", "test/en/precision"):
+        assert k in ner, k
+
+
+def test_bring_your_own_data_and_unseen_label_error(compose, tmp_path):
+    rows = [{"body": f"text number {i} is {'good' if i % 2 else 'bad'}", "y": "pos" if i % 2 else "neg"} for i in range(60)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "val.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:10]) + "\n")
+    base = ["experiment=finetune_sst2", "data=classification", f"data.train={tmp_path / 'train.jsonl'}",
+            f"data.val={tmp_path / 'val.jsonl'}", "data.text_fields=[body]", "data.label_field=y", *SMOKE, "logger=none",
+            "data.tokenizer.vocab_size=100"]
+    m = train(compose(base))
+    assert "val/acc" in m
+    bad = rows[:3] + [{"body": "surprise", "y": "neutral"}]
+    (tmp_path / "bad.jsonl").write_text("\n".join(json.dumps(r) for r in bad) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:4: label 'neutral' was not seen in the training data"):
+        train(compose([*base, f"data.val={tmp_path / 'bad.jsonl'}"]))
