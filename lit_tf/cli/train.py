@@ -317,6 +317,11 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
         trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
         metrics.update(_final_metrics(trainer))
         _write_reports(module, out_dir, logger)
+        if logger is not None and best and cfg.logger.mlflow.get("log_model", True) and trainer.is_global_zero:
+            from lit_tf.tracking.pyfunc import log_classifier
+
+            tracking.flush(logger)
+            metrics["model_uri"] = log_classifier(logger._tracking_uri, logger.run_id, best)
     if logger is not None:
         if cfg.logger.mlflow.get("log_checkpoint", True):
             tracking.log_artifact(logger, best or last, "checkpoints")

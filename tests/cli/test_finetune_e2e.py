@@ -50,6 +50,14 @@ def test_finetune_from_mlflow_run_keeps_lineage_and_reports(compose, pretrained,
     ft = torch.load(m["last_ckpt"], map_location="cpu", weights_only=False)
     assert ft["lit_tf"]["model_config"]["d_model"] == 32 and ft["lit_tf"]["labels"] == ["0", "1"]
 
+    # the best model is an MLflow pyfunc model
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model(m["model_uri"]).predict(pd.DataFrame({"text": ["great fun", "dull and long"]}))
+    assert len(served) == 2 and all(p.split(":")[0] in ("0", "1") for p in served["prediction"])
+
     pred = _cli("lit_tf.cli.predict", f"ckpt={m['best_ckpt']}", "text=a gripping , funny film", "top=2")
     assert pred.returncode == 0, pred.stderr[-2000:]
     labels = [x.split(":")[0] for x in pred.stdout.split("\t")[:2]]
