@@ -1,7 +1,7 @@
 """Does pretraining help? SST-2 fine-tuned from a short pretraining run vs from scratch.
 
     python benchmarks/pretrain_gain.py [--pretrain-steps 4000] [--pretrain-lr 2e-3] [--train-examples 3000] [--epochs 3]
-                                       [--no-task-text] [key=value ...]
+                                       [--no-task-text] [--objective mlm|mlm_nsp] [key=value ...]
 
 1. Pretrain a tiny BERT (MLM, `model=bert_tiny`) on English text from the shared data folder
    (`experiment=bert_mlm_nsp_en objective=mlm`: WikiText-2 + Tiny Shakespeare), plus, unless
@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--train-examples", type=int, default=3000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--no-task-text", action="store_true", help="pretrain on the general English text only")
+    ap.add_argument("--objective", default="mlm", choices=["mlm", "mlm_nsp"], help="pretraining objective")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,10 +49,10 @@ def main() -> None:
             text_file = root / "sst2_sentences.txt"
             text_file.write_text("\n".join(r["sentence"] for r in rows) + "\n")  # text only, no labels
             extra = [f"data.train_files=[{shared}/wikitext2/wiki.valid.raw,{shared}/tinyshakespeare/input.txt,"
-                     f"{text_file}]", "data.doc_per_line=true"]
+                     f"{text_file}]", f"data.doc_per_line={'true' if args.objective == 'mlm' else 'false'}"]
         t = time.time()
         pre = train(compose_config([
-            "experiment=bert_mlm_nsp_en", "objective=mlm", "model=bert_tiny", "data.max_seq_len=64", *extra,
+            "experiment=bert_mlm_nsp_en", f"objective={args.objective}", "model=bert_tiny", "data.max_seq_len=64", *extra,
             "data.tokenizer.vocab_size=8000", f"trainer.max_steps={args.pretrain_steps}", *NO_DROPOUT,
             f"trainer.val_check_interval={args.pretrain_steps}", f"optim.optimizer.lr={args.pretrain_lr}", *common]))
         pre_min = (time.time() - t) / 60
@@ -65,7 +66,7 @@ def main() -> None:
             m["minutes"] = (time.time() - t) / 60
             rows[side] = m
     corpus = "English + unlabelled SST-2 text" if not args.no_task_text else "English text"
-    print(f"\npretraining: {args.pretrain_steps} MLM steps on {corpus}, val/mlm_loss {pre['val/mlm_loss']:.3f}, "
+    print(f"\npretraining: {args.pretrain_steps} {args.objective} steps on {corpus}, val/mlm_loss {pre['val/mlm_loss']:.3f}, "
           f"{pre_min:.1f} min; fine-tuning: {args.train_examples} labelled examples x {args.epochs} epochs")
     print(f"\n{'SST-2 dev (6,735)':<22}" + "".join(f"{s:>14}" for s in rows))
     for k in ("test/acc", "test/f1", "val/loss"):
