@@ -278,13 +278,11 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
         warmup_steps=optim.get("warmup_steps"), warmup_ratio=float(optim.get("warmup_ratio") or 0.0),
         min_lr_ratio=float(optim.get("min_lr_ratio") or 0.0), meta=b.meta, **b.module_kwargs,
     )
-    model_cfg = {"family": b.family}
-
     logger = None
     if cfg.get("logger") and cfg.logger.get("mlflow"):
         mcfg = cfg.logger.mlflow
         tags = {"experiment": str(cfg.name), "git_commit": tracking.git_commit(Path(__file__).parent),
-                "lit_tf_version": __version__, "model_family": str(model_cfg.get("family")),
+                "lit_tf_version": __version__, "model_family": b.family,
                 "objective": str(objective_cfg.get("name")), "output_dir": str(out_dir), **b.tags}
         if ckpt_file is not None:
             tags["resumed_from"] = str(ckpt_file)

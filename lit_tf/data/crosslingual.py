@@ -17,9 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,6 +26,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from lit_tf.data import text
+from lit_tf.data.atomic import atomic_dir
 from lit_tf.data.pretraining import CLMCollator, MLMCollator, PackedBlockDataset, _split_key
 from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler, StreamDataModule, batch_seed
 from lit_tf.data.shards import TokenShard, _is_val_doc, _SplitWriter, build_or_load_shards, token_dtype
@@ -91,12 +89,10 @@ def build_or_load_parallel(
     final = cache_dir / f"{name}-{fp}"
     if (final / "train" / "tgt" / "meta.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with atomic_dir(final, "train/tgt/meta.json") as out:
         dtype = token_dtype(tokenizer.vocab_size)
         splits = ("train", "val") if val_fraction > 0 else ("train",)
-        writers = {(sp, side): _SplitWriter(tmp / "p" / sp / side, dtype) for sp in splits for side in ("src", "tgt")}
+        writers = {(sp, side): _SplitWriter(out / sp / side, dtype) for sp in splits for side in ("src", "tgt")}
         banned = {_normalize(ln) for f in text.expand_files(exclude_files, key="data.retrieval") if exclude_files
                   for ln in f.read_text(encoding="utf-8").split("\n") if ln.strip()} if exclude_files else set()
         pairs = (p for p in read_parallel(src_files, tgt_files, where=f"data.parallel.{name}")
@@ -130,9 +126,6 @@ def build_or_load_parallel(
             w.close(dict(meta, split=sp, side=side))
             if w.n_docs == 0:
                 raise ValueError(f"data.parallel.{name}: no {sp} pairs (files empty or val_fraction too small)")
-        os.replace(tmp / "p", final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -19,8 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from lit_tf.data.atomic import atomic_dir
 from lit_tf.data.tokenizer import TokenizerArtifact, encode_words
 
 log = logging.getLogger(__name__)
@@ -212,18 +211,9 @@ def build_or_load_shards(
     if (final / "train" / "meta.json").is_file():
         log.info("shards: reusing %s", final)
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with atomic_dir(final, "train/meta.json") as out:
         write_shards(
-            docs_factory(), tokenizer, tmp / "s", val_fraction=val_fraction, max_docs=max_docs,
+            docs_factory(), tokenizer, out, val_fraction=val_fraction, max_docs=max_docs,
             desc=f"tokenizing {name}", meta={"source_fingerprint": source_fingerprint, "name": name},
         )
-        try:
-            os.replace(tmp / "s", final)
-        except OSError:
-            if not (final / "train" / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final

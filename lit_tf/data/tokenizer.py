@@ -11,12 +11,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from lit_tf.data.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -165,24 +166,6 @@ def _meta(tok: Tokenizer, key: str, spec: TokenizerSpec | None) -> dict:
     }
 
 
-def _atomic_write_dir(final: Path, write) -> None:
-    """Write into a temp dir next to `final`, then rename: a crash never leaves a half artifact."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        write(tmp)
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process won the race: keep theirs
-            if not (final / "meta.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _texts(docs: Iterator[list[str]], max_docs: int | None) -> Iterator[str]:
     for i, doc in enumerate(docs):
         if max_docs is not None and i >= max_docs:
@@ -204,11 +187,10 @@ def get_or_train_tokenizer(
     meta = _meta(tok, key, spec)
     meta["corpus_fingerprint"] = corpus_fingerprint
 
-    def write(tmp: Path) -> None:
-        tok.save(str(tmp / "tokenizer.json"))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-
-    _atomic_write_dir(final, write)
+    with atomic_dir(final, "meta.json") as out:
+        out.mkdir()
+        tok.save(str(out / "tokenizer.json"))
+        (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return TokenizerArtifact.load(final)
 
 

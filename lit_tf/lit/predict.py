@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from lit_tf.objectives.finetune import classifier_forward
+
 PAIR_SEP = " ||| "  # separates the two texts of a sentence pair on one line
 
 
@@ -21,13 +23,11 @@ def predict_lines(loaded, lines: list[str], top: int = 3, lang: str | None = Non
             a, _, b = line.partition(PAIR_SEP)
             enc = tok.encode(a, b) if b else tok.encode(a)
         ids = torch.tensor([enc.ids])
-        kwargs = {"attention_mask": torch.ones_like(ids, dtype=torch.bool)}
-        if hasattr(model, "xlm"):
-            kwargs["lang_ids"] = torch.full_like(ids, lang_ids.get(lang or "en", 0))
-        else:
-            kwargs["token_type_ids"] = torch.tensor([enc.type_ids])
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool),
+                 "token_type_ids": torch.tensor([enc.type_ids]),
+                 "lang_ids": torch.full_like(ids, lang_ids.get(lang or "en", 0))}
         with torch.no_grad():
-            logits = model(ids, **kwargs).logits[0]
+            logits = classifier_forward(model, batch).logits[0]
         if task == "token_cls":
             tags, prev = [], None
             for pos, w in enumerate(enc.word_ids):

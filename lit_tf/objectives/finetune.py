@@ -14,7 +14,8 @@ from lit_tf.objectives.losses import IGNORE_INDEX, _sum_cross_entropy, masked_ac
 from lit_tf.objectives.pretraining import ObjectiveOutput, _mean
 
 
-def _forward(model: nn.Module, batch: Mapping[str, Tensor]):
+def classifier_forward(model: nn.Module, batch: Mapping[str, Tensor]):
+    """Run a BERT or XLM classifier on a batch (XLM takes language ids, BERT segment ids)."""
     kwargs = {"attention_mask": batch["attention_mask"]}
     if hasattr(model, "xlm"):  # XLM heads take language ids instead of segment ids
         kwargs["lang_ids"] = batch["lang_ids"]
@@ -30,7 +31,7 @@ class SequenceClassificationObjective:
     val_terms = ("cls",)
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], step: int = 0) -> ObjectiveOutput:
-        logits = _forward(model, batch).logits  # (B, K)
+        logits = classifier_forward(model, batch).logits  # (B, K)
         term = _sum_cross_entropy(logits, batch["labels"])
         return ObjectiveOutput(
             loss=_mean(term), terms={"cls": term}, accuracy={"cls": masked_accuracy(logits.detach(), batch["labels"])},
@@ -45,7 +46,7 @@ class TokenClassificationObjective:
     val_terms = ("tok",)
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], step: int = 0) -> ObjectiveOutput:
-        logits = _forward(model, batch).logits  # (B, T, K)
+        logits = classifier_forward(model, batch).logits  # (B, T, K)
         labels = batch["labels"]  # (B, T)
         term = _sum_cross_entropy(logits, labels)
         preds = logits.detach().argmax(-1).masked_fill(labels == IGNORE_INDEX, IGNORE_INDEX)  # (B, T)

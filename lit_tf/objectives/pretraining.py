@@ -29,6 +29,7 @@ from lit_tf.objectives.losses import (
     mlm_loss,
     next_token_targets,
     nsp_loss,
+    weighted_sum,
 )
 
 Count = tuple[Tensor, Tensor]  # (sum, n)
@@ -97,8 +98,7 @@ class MaskedLMObjective:
                 raise ValueError("objective.nsp=true needs a model with an NSP head and batches with nsp_labels")
             terms["nsp"] = nsp_loss(out.nsp_logits, batch["nsp_labels"])
             acc["nsp"] = masked_accuracy(out.nsp_logits.detach(), batch["nsp_labels"])
-        loss = sum(self.weights[k] * _mean(terms[k]) for k in self.weights)
-        return ObjectiveOutput(loss=loss, terms=terms, accuracy=acc)
+        return ObjectiveOutput(loss=weighted_sum(terms, self.weights), terms=terms, accuracy=acc)
 
 
 @dataclass
