@@ -22,7 +22,8 @@ class ConfigError(ValueError):
 
 
 def _groups(config_dir: Path) -> set[str]:
-    return {p.relative_to(config_dir).as_posix() for p in config_dir.rglob("*") if p.is_dir()}
+    """Config groups: conf/ subfolders, plus `sweep` (the top-level sweeps/ folder on the search path)."""
+    return {p.relative_to(config_dir).as_posix() for p in config_dir.rglob("*") if p.is_dir()} | {"sweep"}
 
 
 def _raw_child(node: Any, key: str) -> Any:

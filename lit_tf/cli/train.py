@@ -250,6 +250,13 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     from lit_tf.tracking import mlflow as tracking
 
     t0 = time.time()
+    from lit_tf.sweeping.trial import job_trial
+
+    trial = job_trial(cfg)  # this job's Optuna trial when a sweep launched it (sets its GPU first)
+    callbacks = list(callbacks or [])
+    pruning = trial.callback() if trial is not None else None
+    if pruning is not None:
+        callbacks.append(pruning)
     L.seed_everything(int(cfg.seed), workers=True)
     torch.set_float32_matmul_precision(str(cfg.get("matmul_precision", "high")))
 
@@ -286,8 +293,13 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
                 "objective": str(objective_cfg.get("name")), "output_dir": str(out_dir), **b.tags}
         if ckpt_file is not None:
             tags["resumed_from"] = str(ckpt_file)
+        if trial is not None:
+            tags.update(trial.tags())
         logger = tracking.make_logger(
-            str(mcfg.dir), str(mcfg.experiment_name), cfg.get("run_name") or mcfg.get("run_name"), tags,
+            str(mcfg.dir), str(mcfg.experiment_name),
+            # default name: experiment + output folder (time stamp, or trial_<n> in a sweep); MLflow's own
+            # random names repeat here because seed_everything seeds the generator they come from
+            cfg.get("run_name") or mcfg.get("run_name") or f"{cfg.name}-{out_dir.name}", tags,
             run_id=prev_run.get("mlflow_run_id"),
         )
         resolved = OmegaConf.to_container(_job_config(cfg), resolve=True)
@@ -304,14 +316,17 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     OmegaConf.save(_job_config(cfg), out_dir / "config.yaml", resolve=False)
 
     trainer = L.Trainer(**trainer_cfg, logger=logger if logger else False,
-                        callbacks=_instantiate_callbacks(cfg, ckpt_dir) + list(callbacks or []), default_root_dir=str(out_dir))
+                        callbacks=_instantiate_callbacks(cfg, ckpt_dir) + callbacks, default_root_dir=str(out_dir))
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_file) if ckpt_file else None)
 
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or ""
     last = getattr(ckpt_cb, "last_model_path", "") or ""
     metrics = _final_metrics(trainer)
-    if getattr(dm, "test_streams", None):  # fine-tuning: test metrics come from the best checkpoint
+    pruned_step = pruning.pruned_step if pruning is not None else None
+    if pruned_step is not None:
+        metrics["pruned_step"] = pruned_step
+    if getattr(dm, "test_streams", None) and pruned_step is None:  # fine-tuning: test metrics come from the best checkpoint
         trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
         metrics.update(_final_metrics(trainer))
         _write_reports(module, out_dir, logger)
@@ -354,8 +369,10 @@ def _print_summary(cfg: DictConfig, m: dict, logger) -> None:
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | dict | None:
     metrics = train(cfg)
+    if cfg.get("trial") and cfg.trial.get("number") is not None:
+        return metrics  # lit_tf's Optuna sweeper picks its objective(s) and the pruning outcome
     target = cfg.get("optimized_metric")
     return metrics.get(target) if target else None
 

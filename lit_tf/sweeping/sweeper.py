@@ -1,0 +1,354 @@
+"""lit_tf's Optuna sweeper for Hydra: `python train.py -m sweep=<name>`.
+
+The sweeper asks Optuna for `n_jobs` trials at a time, launches them as one batch through the
+configured Hydra launcher (basic: in this process; joblib: local processes; submitit: SLURM),
+and tells Optuna each result. Everything it needs to continue lives in the study storage, so
+re-running the same command resumes: finished trials stay, trials cut off by a crash or Ctrl-C
+are marked FAIL (interrupted) and their parameters asked again, and numbering continues.
+
+A job that raises (a bad sampled config, CUDA out-of-memory, ...) or returns NaN becomes a FAIL
+trial with its error and the sweep goes on; the sweep stops only when more than
+`max_failure_rate` x `n_trials` trials have failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shlex
+import traceback
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf, open_dict
+from optuna.trial import TrialState
+
+from lit_tf.sweeping import space as sp
+from lit_tf.sweeping import study as st
+
+log = logging.getLogger("lit_tf.sweep")
+
+STUDY_ATTR_ENQUEUED = "lit_tf.enqueued_initial"
+
+
+class SweepFailed(RuntimeError):
+    """Too many trials failed: the study is kept as it is and the sweep stops."""
+
+
+def _metric_values(ret: Any, metrics: list[str]) -> list[float]:
+    """The job's return value -> one float per objective metric (KeyError names what is missing)."""
+    if isinstance(ret, (int, float)) and len(metrics) == 1:
+        return [float(ret)]
+    if not isinstance(ret, dict):
+        raise TypeError(f"the job returned {type(ret).__name__}, expected the metrics dict of train()")
+    missing = [m for m in metrics if m not in ret]
+    if missing:
+        logged = sorted(k for k, v in ret.items() if isinstance(v, float))
+        raise KeyError(f"objective metric(s) {missing} not among the run's final metrics {logged}")
+    return [float(ret[m]) for m in metrics]
+
+
+def _exception_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+class LitTfOptunaSweeper(Sweeper):
+    """Configured by `hydra.sweeper.*` (see conf/hydra/sweeper/optuna.yaml for every key)."""
+
+    def __init__(self, study_name: str, dir: str, metric: Any = None, direction: Any = "minimize",  # noqa: A002
+                 storage: str | None = None, sampler: Any = "tpe", pruner: Any = "none", n_trials: int = 20,
+                 n_jobs: int = 1, max_failure_rate: float = 0.5, gpus: Any = None, params: Any = None,
+                 enqueue: Any = None, seed: int | None = None):
+        self.study_name = str(study_name)
+        self.dir = dir
+        self.metrics, self.directions = st.objectives(metric, direction)
+        self.storage = storage
+        self.sampler_spec = OmegaConf.to_container(sampler) if isinstance(sampler, DictConfig) else sampler
+        self.pruner_spec = OmegaConf.to_container(pruner) if isinstance(pruner, DictConfig) else pruner
+        if int(n_trials) < 1 or int(n_jobs) < 1:
+            raise st.StudyConfigError(f"n_trials and n_jobs must be >= 1, got {n_trials}, {n_jobs}")
+        if not 0.0 <= float(max_failure_rate) <= 1.0:
+            raise st.StudyConfigError(f"max_failure_rate must be in [0, 1], got {max_failure_rate}")
+        self.n_trials, self.n_jobs, self.max_failure_rate = int(n_trials), int(n_jobs), float(max_failure_rate)
+        self.gpus = [str(g) for g in st.as_list(gpus)] if gpus not in (None, "auto") else gpus
+        self.params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})
+        self.enqueue = OmegaConf.to_container(enqueue) if isinstance(enqueue, (DictConfig,)) else \
+            [OmegaConf.to_container(e) if isinstance(e, DictConfig) else dict(e) for e in st.as_list(enqueue)]
+        self.seed = seed
+        self.config: DictConfig | None = None
+        self.launcher = None
+        self.hydra_context = None
+
+    # ------------------------------------------------------------------------------- setup
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context = hydra_context
+        self.config = config
+        self.sweep_dir = Path(str(self.dir)).expanduser().resolve()
+        with open_dict(config):  # one stable folder per study: what makes `re-run to resume` possible
+            config.hydra.sweep.dir = str(self.sweep_dir)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    # ------------------------------------------------------------------------------- helpers
+    def _split_arguments(self, arguments: list[str]) -> tuple[list[str], sp.SearchSpace]:
+        """Command-line sweep syntax (`optim.optimizer.lr=interval(...)`) joins the study's params;
+        everything else is passed to every trial unchanged."""
+        parser = OverridesParser.create()
+        base, params = [], dict(self.params)
+        for override in parser.parse_overrides(arguments):
+            if override.is_sweep_override():
+                params[override.get_key_element()] = override.value()
+            else:
+                base.append(override.input_line)
+        return base, sp.parse_search_space(params)
+
+    def _check_keys(self, keys: list[str]) -> None:
+        """A searched key must exist in the config (or be added with +key): catch typos before any trial."""
+        import difflib
+
+        missing = object()
+        for key in keys:
+            if key.startswith(("+", "~")) or "@" in key:
+                continue
+            if OmegaConf.select(self.config, key, default=missing, throw_on_resolution_failure=False) is missing:
+                parent, _, leaf = key.rpartition(".")
+                node = OmegaConf.select(self.config, parent, default=None) if parent else self.config
+                valid = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+                close = difflib.get_close_matches(leaf, valid, n=3)
+                hint = f" (did you mean {' or '.join((parent + '.' if parent else '') + c for c in close)}?)" if close else ""
+                raise st.StudyConfigError(f"params.{key}: no such config key{hint}; use +{key} to add a new key")
+
+    def _gpu_pool(self) -> list[str]:
+        if self.gpus == "auto":
+            import torch
+
+            return [str(i) for i in range(torch.cuda.device_count())]
+        return list(self.gpus or [])
+
+    def _job_overrides(self, trial: optuna.Trial, base: list[str], fixed: list[str], spec: str,
+                       gpu: str | None) -> list[str]:
+        o = [*base, *fixed, *sp.to_overrides(trial.params), f"trial.number={trial.number}",
+             f"trial.study={sp.format_value(self.study_name)}", f"trial.prune={str(self.pruning).lower()}",
+             f"hydra.sweep.dir={self.sweep_dir}", f"hydra.sweep.subdir=trial_{trial.number}"]
+        if not st.is_rdb_url(spec):  # the resolved journal path, so jobs never re-derive it
+            o.append(f"hydra.sweeper.storage={spec}")
+        if gpu is not None:
+            o.append(f"trial.gpu={gpu}")
+        return o
+
+    def _print(self, msg: str) -> None:
+        print(f"[sweep {self.study_name}] {msg}", flush=True)
+
+    # ------------------------------------------------------------------------------- sweep
+    def sweep(self, arguments: list[str]) -> Any:
+        assert self.config is not None and self.launcher is not None
+        base, space = self._split_arguments(list(arguments))
+        if not space.distributions:
+            raise st.StudyConfigError("params: the study searches nothing; give at least one interval(), "
+                                      "range() or choice() under hydra.sweeper.params")
+        self._check_keys([*space.distributions, *space.fixed])
+        fixed = sp.to_overrides(space.fixed)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        spec = st.resolve_storage_spec(self.storage, self.sweep_dir)
+        self.spec_shown = spec if not st.is_rdb_url(spec) else "'<storage URL>'"
+        storage = st.open_storage(spec)
+        pruner = st.build_pruner(self.pruner_spec)
+        self.pruning = len(self.metrics) == 1 and not isinstance(pruner, optuna.pruners.NopPruner)
+        sampler_name = st._named(self.sampler_spec, "sampler")[0]
+        sampler = st.build_sampler(self.sampler_spec, space.grid() if sampler_name == "grid" else None, self.seed)
+        n_trials = self.n_trials
+        if sampler_name == "grid":
+            n_grid = math.prod(len(v) for v in space.grid().values())
+            if n_grid < n_trials:
+                self._print(f"grid has {n_grid} points: n_trials {n_trials} -> {n_grid}")
+                n_trials = n_grid
+
+        study = optuna.create_study(storage=storage, study_name=self.study_name, sampler=sampler, pruner=pruner,
+                                    directions=self.directions, load_if_exists=True)
+        if [d.name.lower() for d in study.directions] != self.directions:
+            raise st.StudyConfigError(
+                f"study '{self.study_name}' in {spec} was created with directions "
+                f"{[d.name.lower() for d in study.directions]}, this sweep asks {self.directions}: "
+                "use a new study_name (or storage) for a different objective")
+        if study.metric_names is None:
+            study.set_metric_names(self.metrics)
+        requeued = st.recover(study)
+        if self.enqueue and not study.user_attrs.get(STUDY_ATTR_ENQUEUED):
+            for params in self.enqueue:
+                study.enqueue_trial(params, skip_if_exists=True)
+            study.set_user_attr(STUDY_ATTR_ENQUEUED, True)
+
+        runs = self._open_mlflow(study, spec)
+        c = st.counts(study)
+        self._print(f"study '{self.study_name}' in {spec}: {c['done']}/{n_trials} trials done"
+                    + (f", re-asking interrupted trial(s) {requeued}" if requeued else "")
+                    + f"; outputs in {self.sweep_dir}")
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+
+        pool = self._gpu_pool() if self.n_jobs > 1 else []
+        status = "FINISHED"
+        try:
+            while True:
+                c = st.counts(study)
+                if c["failed"] > self.max_failure_rate * n_trials:
+                    raise SweepFailed(
+                        f"{c['failed']} of {n_trials} planned trials failed (max_failure_rate="
+                        f"{self.max_failure_rate}); the study is kept in {spec}. First errors:\n"
+                        + "\n".join(f"  trial {t.number}: {t.user_attrs.get(st.ATTR_FAIL_REASON, '?')}"
+                                    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                                    if not t.user_attrs.get(st.ATTR_INTERRUPTED))[:3000])
+                left = n_trials - c["done"]
+                if left <= 0:
+                    break
+                self._run_batch(study, min(self.n_jobs, left), base, fixed, space, spec, pool, runs)
+        except BaseException as e:
+            status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+            raise
+        finally:
+            self._finish(study, runs, status)
+        return study
+
+    def _run_batch(self, study, size, base, fixed, space, spec, pool, runs) -> None:
+        owner = st.owner_id()
+        trials = []
+        for _ in range(size):
+            t = study.ask(space.distributions)
+            t.set_user_attr(st.ATTR_OWNER, owner)
+            trials.append(t)
+        batch = [self._job_overrides(t, base, fixed, spec, pool[i % len(pool)] if pool else None)
+                 for i, t in enumerate(trials)]
+        # A sampled config that cannot even be composed fails its trial here, before any launch.
+        launchable = []
+        for t, o in zip(trials, batch):
+            try:
+                self.validate_batch_is_legal([o])
+                launchable.append((t, o))
+            except Exception as e:
+                self._tell_fail(study, t, f"config error: {_exception_text(e)}", runs)
+        if not launchable:
+            return
+        names = ", ".join(f"#{t.number} {' '.join(sp.to_overrides(t.params))}" for t, _ in launchable)
+        self._print(f"running trial(s) {names}")
+        try:
+            results = self.launcher.launch([o for _, o in launchable], initial_job_idx=launchable[0][0].number)
+        except KeyboardInterrupt:
+            for t, _ in launchable:
+                st.fail_trial(study, t.number, "interrupted: Ctrl-C", interrupted=True)
+            raise
+        except Exception as e:  # the launcher itself broke (e.g. a joblib worker killed by the OOM killer)
+            for t, _ in launchable:
+                self._tell_fail(study, t, f"launcher error: {_exception_text(e)}", runs)
+            return
+        for (t, _), r in zip(launchable, results):
+            self._tell(study, t, r, runs)
+
+    # ------------------------------------------------------------------------------- results
+    def _tell(self, study, trial, job_return, runs) -> None:
+        if job_return.status != JobStatus.COMPLETED:
+            exc = job_return._return_value  # Hydra keeps the job's exception here
+            if isinstance(exc, BaseException):
+                log.error("trial %d failed:\n%s", trial.number,
+                          "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+                self._tell_fail(study, trial, _exception_text(exc), runs)
+            else:
+                self._tell_fail(study, trial, f"job status {job_return.status}", runs)
+            return
+        ret = job_return.return_value
+        pruned_step = ret.get("pruned_step") if isinstance(ret, dict) else None
+        if pruned_step is not None:
+            trial.set_user_attr(st.ATTR_PRUNED_STEP, int(pruned_step))
+            study.tell(trial, state=TrialState.PRUNED)
+            self._print(f"trial {trial.number} pruned at step {pruned_step}")
+            self._record(runs, study, trial, "PRUNED", {}, {"optuna.pruned_step": pruned_step})
+            return
+        try:
+            values = _metric_values(ret, self.metrics)
+        except (KeyError, TypeError) as e:
+            self._tell_fail(study, trial, str(e), runs)
+            return
+        if not st.finite_values(values):
+            self._tell_fail(study, trial, f"objective is not finite: {dict(zip(self.metrics, values))}", runs)
+            return
+        study.tell(trial, values)
+        shown = ", ".join(f"{m}={v:.5g}" for m, v in zip(self.metrics, values))
+        self._print(f"trial {trial.number} complete: {shown}")
+        self._record(runs, study, trial, "COMPLETE", dict(zip(self.metrics, values)), {})
+
+    def _tell_fail(self, study, trial, reason: str, runs) -> None:
+        trial.set_user_attr(st.ATTR_FAIL_REASON, reason[:2000])
+        study.tell(trial, state=TrialState.FAIL)
+        self._print(f"trial {trial.number} FAILED: {reason.splitlines()[-1] if reason else '?'}")
+        self._record(runs, study, trial, "FAIL", {}, {"optuna.fail_reason": reason})
+
+    def _record(self, runs, study, trial, state, values, tags) -> None:
+        if runs is None:
+            return
+        try:
+            runs.record_trial(trial.number, self.study_name, state, trial.params, values, tags)
+        except Exception as e:  # tracking trouble never stops the study
+            log.warning("MLflow: could not record trial %d: %s", trial.number, e)
+
+    # ------------------------------------------------------------------------------- MLflow / end
+    def _open_mlflow(self, study, spec):
+        mcfg = (self.config.get("logger") or {}).get("mlflow") if self.config.get("logger") else None
+        if not mcfg:
+            return None
+        from lit_tf.tracking.study_runs import StudyRuns
+
+        runs = StudyRuns(str(mcfg.dir), str(mcfg.experiment_name))
+        parent = runs.open_parent(study.user_attrs.get(st.STUDY_ATTR_PARENT_RUN), self.study_name,
+                                  {"optuna.storage": spec if not st.is_rdb_url(spec) else "rdb",
+                                   "optuna.sweep_dir": str(self.sweep_dir),
+                                   "optuna.directions": ",".join(self.directions),
+                                   "optuna.metrics": ",".join(self.metrics)})
+        study.set_user_attr(st.STUDY_ATTR_PARENT_RUN, parent)
+        return runs
+
+    def reproduce_command(self, params: dict) -> str:
+        """The single-run command that repeats a trial: this sweep's own overrides + its values."""
+        keep = [o for o in self.config.hydra.overrides.task if not OverridesParser.create().parse_override(o).is_sweep_override()]
+        return "python train.py " + " ".join(shlex.quote(o) for o in [*keep, *sp.to_overrides(params)])
+
+    def _best(self, study) -> dict:
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            return {}
+        if len(self.directions) == 1:
+            t = study.best_trial
+        else:  # multi-objective: report the first Pareto-optimal trial by the first metric
+            sign = 1 if self.directions[0] == "minimize" else -1
+            t = min(study.best_trials, key=lambda tr: sign * tr.values[0])
+        return {"number": t.number, "params": dict(t.params), "values": dict(zip(self.metrics, t.values))}
+
+    def _finish(self, study, runs, status: str) -> None:
+        from lit_tf.sweeping.plots import write_study_files
+
+        c = st.counts(study)
+        best = self._best(study)
+        files: list[Path] = []
+        try:
+            files = write_study_files(study, self.sweep_dir / "study")
+        except Exception as e:
+            log.warning("study files not written: %s", e)
+        if runs is not None:
+            try:
+                runs.log_study_result(best, files)
+                runs.close_parent(status)
+            except Exception as e:
+                log.warning("MLflow: parent run not updated: %s", e)
+        lines = [f"{c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed"
+                 + (f", {c['interrupted']} interrupted" if c["interrupted"] else "")]
+        if best:
+            shown = ", ".join(f"{m}={v:.5g}" for m, v in best["values"].items())
+            lines += [f"best trial #{best['number']}: {shown}",
+                      f"  params: {best['params']}",
+                      f"  reproduce: {self.reproduce_command(best['params'])}"]
+        lines += [f"trials table: {self.sweep_dir / 'study' / 'trials.csv'}",
+                  f"summary:      python -m lit_tf.cli.study summary {self.spec_shown} {self.study_name}"]
+        self._print("\n  ".join(lines))
