@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--no-task-text", action="store_true", help="pretrain on the general English text only")
     ap.add_argument("--objective", default="mlm", choices=["mlm", "mlm_nsp"], help="pretraining objective")
+    ap.add_argument("--vocab-size", type=int, default=8000, help="WordPiece vocabulary of both sides")
+    ap.add_argument("--seq-len", type=int, default=64, help="pretraining block length and fine-tuning max length")
+    ap.add_argument("--pretrain-batch", type=int, default=32)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,12 +55,14 @@ def main() -> None:
                      f"{text_file}]", f"data.doc_per_line={'true' if args.objective == 'mlm' else 'false'}"]
         t = time.time()
         pre = train(compose_config([
-            "experiment=bert_mlm_nsp_en", f"objective={args.objective}", "model=bert_tiny", "data.max_seq_len=64", *extra,
-            "data.tokenizer.vocab_size=8000", f"trainer.max_steps={args.pretrain_steps}", *NO_DROPOUT,
+            "experiment=bert_mlm_nsp_en", f"objective={args.objective}", "model=bert_tiny",
+            f"data.max_seq_len={args.seq_len}", f"model.max_seq_len={args.seq_len}", f"data.batch_size={args.pretrain_batch}",
+            *extra, f"data.tokenizer.vocab_size={args.vocab_size}", f"trainer.max_steps={args.pretrain_steps}", *NO_DROPOUT,
             f"trainer.val_check_interval={args.pretrain_steps}", f"optim.optimizer.lr={args.pretrain_lr}", *common]))
         pre_min = (time.time() - t) / 60
-        ft = ["experiment=finetune_sst2", "model=bert_tiny", "model.max_seq_len=64", "data.max_seq_len=64", *NO_DROPOUT,
-              f"data.max_train_examples={args.train_examples}", "data.tokenizer.vocab_size=8000",
+        ft = ["experiment=finetune_sst2", "model=bert_tiny", f"model.max_seq_len={args.seq_len}",
+              f"data.max_seq_len={args.seq_len}", *NO_DROPOUT,
+              f"data.max_train_examples={args.train_examples}", f"data.tokenizer.vocab_size={args.vocab_size}",
               f"trainer.max_epochs={args.epochs}", "optim.optimizer.lr=3e-4", *common, *args.overrides]
         rows = {}
         for side, init in (("pretrained", pre["last_ckpt"]), ("from scratch", None)):
@@ -66,7 +71,8 @@ def main() -> None:
             m["minutes"] = (time.time() - t) / 60
             rows[side] = m
     corpus = "English + unlabelled SST-2 text" if not args.no_task_text else "English text"
-    print(f"\npretraining: {args.pretrain_steps} {args.objective} steps on {corpus}, val/mlm_loss {pre['val/mlm_loss']:.3f}, "
+    print(f"\npretraining: {args.pretrain_steps} {args.objective} steps (batch {args.pretrain_batch} x {args.seq_len}, "
+          f"vocab {args.vocab_size}) on {corpus}, val/mlm_loss {pre['val/mlm_loss']:.3f}, val/mlm_acc {pre['val/mlm_acc']:.3f}, "
           f"{pre_min:.1f} min; fine-tuning: {args.train_examples} labelled examples x {args.epochs} epochs")
     print(f"\n{'SST-2 dev (6,735)':<22}" + "".join(f"{s:>14}" for s in rows))
     for k in ("test/acc", "test/f1", "val/loss"):

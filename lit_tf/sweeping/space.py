@@ -118,11 +118,23 @@ def _distribution(key: str, value: Any) -> BaseDistribution | None:
             raise SearchSpaceError(f"params.{key}: Optuna cannot combine log with a float step; "
                                    "use tag(log, interval(...))")
         return FloatDistribution(float(start), float(round(high, 12)), step=float(step))
-    if isinstance(value, (list, dict)):
+    if isinstance(value, (list, tuple)):
         raise SearchSpaceError(
-            f"params.{key}: a YAML list/dict is ambiguous here; write choice(a, b, ...) to search over values"
+            f"params.{key}: a YAML list is ambiguous here; write choice(a, b, ...) to search over values"
         )
     return None
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested keys (`hydra.sweeper.params.model.n_layers=...` on the command line) -> dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def parse_search_space(params: Mapping[str, Any] | None) -> SearchSpace:
@@ -133,8 +145,7 @@ def parse_search_space(params: Mapping[str, Any] | None) -> SearchSpace:
     parser = OverridesParser.create()
     dists: dict[str, BaseDistribution] = {}
     fixed: dict[str, Any] = {}
-    for key, raw in (params or {}).items():
-        key = str(key)
+    for key, raw in _flatten(params or {}).items():
         if isinstance(raw, str):
             try:
                 value = parser.parse_override(f"{key}={raw}").value()

@@ -98,6 +98,18 @@ def _named(spec: Any, key: str) -> tuple[str, dict]:
     raise StudyConfigError(f"{key}: expected a name or a mapping with `name:`, got {spec!r}")
 
 
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler for the sweeper's ask/tell loop: Optuna's calls `study.stop()` once the grid is
+    used up, which only works inside `study.optimize`; the sweeper caps n_trials at the grid size."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        try:
+            super().after_trial(study, trial, state, values)
+        except RuntimeError as e:
+            if "Study.stop" not in str(e):
+                raise
+
+
 def build_sampler(spec: Any, grid_space: Mapping[str, list] | None = None, seed: int | None = None):
     """Named sampler: tpe | random | cmaes | grid | nsgaii | qmc (options as keyword arguments)."""
     name, kwargs = _named(spec, "sampler")
@@ -106,7 +118,7 @@ def build_sampler(spec: Any, grid_space: Mapping[str, list] | None = None, seed:
     samplers = optuna.samplers
     table = {"tpe": samplers.TPESampler, "random": samplers.RandomSampler, "cmaes": samplers.CmaEsSampler,
              "nsgaii": samplers.NSGAIISampler, "nsga2": samplers.NSGAIISampler, "qmc": samplers.QMCSampler,
-             "grid": samplers.GridSampler}
+             "grid": AskTellGridSampler}
     if name not in table:
         raise StudyConfigError(f"sampler: unknown name '{name}'; known: {sorted(table)}")
     if name == "grid":

@@ -71,6 +71,12 @@ def test_errors_name_the_key(value, message):
     assert "params.optim.optimizer.lr" in str(e.value)
 
 
+def test_nested_keys_from_the_command_line_become_dotted():
+    space = parse_search_space({"model": {"n_layers": "choice(2, 4)"}, "optim.optimizer.lr": 1e-3})
+    assert space.distributions == {"model.n_layers": CategoricalDistribution([2, 4])}
+    assert space.fixed == {"optim.optimizer.lr": 1e-3}
+
+
 def test_grid_lists_discrete_values_and_rejects_intervals():
     space = parse_search_space({"a": "choice(x, y)", "b": "range(1, 4)", "c": "range(0.0, 0.3, 0.1)"})
     grid = space.grid()
