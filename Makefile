@@ -32,7 +32,7 @@ ui: $(STAMP)
 		--default-artifact-root file://$(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000
 
 lint: $(STAMP)
-	$(BIN)/ruff check lit_tf tests train.py benchmarks
+	$(BIN)/ruff check lit_tf hydra_plugins tests train.py benchmarks
 
 clean:
 	rm -rf outputs .cache .pytest_cache

@@ -59,7 +59,7 @@ def _exception_text(exc: BaseException) -> str:
 class LitTfOptunaSweeper(Sweeper):
     """Configured by `hydra.sweeper.*` (see conf/hydra/sweeper/optuna.yaml for every key)."""
 
-    def __init__(self, study_name: str, dir: str, metric: Any = None, direction: Any = "minimize",  # noqa: A002
+    def __init__(self, study_name: str, dir: str, metric: Any = None, direction: Any = "minimize",
                  storage: str | None = None, sampler: Any = "tpe", pruner: Any = "none", n_trials: int = 20,
                  n_jobs: int = 1, max_failure_rate: float = 0.5, gpus: Any = None, params: Any = None,
                  enqueue: Any = None, seed: int | None = None):
@@ -208,7 +208,7 @@ class LitTfOptunaSweeper(Sweeper):
                     break
                 self._run_batch(study, min(self.n_jobs, left), base, fixed, space, spec, pool, runs)
         except BaseException as e:
-            status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+            status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
             raise
         finally:
             self._finish(study, runs, status)
@@ -237,9 +237,9 @@ class LitTfOptunaSweeper(Sweeper):
         self._print(f"running trial(s) {names}")
         try:
             results = self.launcher.launch([o for _, o in launchable], initial_job_idx=launchable[0][0].number)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into SystemExit after its cleanup
             for t, _ in launchable:
-                st.fail_trial(study, t.number, "interrupted: Ctrl-C", interrupted=True)
+                st.fail_trial(study, t.number, f"interrupted: {type(e).__name__}", interrupted=True)
             raise
         except Exception as e:  # the launcher itself broke (e.g. a joblib worker killed by the OOM killer)
             for t, _ in launchable:

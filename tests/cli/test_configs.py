@@ -91,3 +91,24 @@ def test_models_and_objectives_import_no_frameworks():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+SWEEPS = sorted(p.stem for p in (CONF.parent / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_sweep_composes_with_valid_search_keys(compose, name):
+    from lit_tf.sweeping.space import parse_search_space
+    from lit_tf.sweeping.study import build_pruner, build_sampler, objectives
+
+    cfg = compose([f"sweep={name}"])
+    sw = cfg.hydra.sweeper
+    assert sw._target_.startswith("hydra_plugins.lit_tf_sweeper")
+    metrics, _ = objectives(sw.metric, sw.direction)
+    space = parse_search_space(OmegaConf.to_container(sw.params))
+    assert space.distributions, f"sweeps/{name}.yaml searches nothing"
+    missing = [k for k in space.distributions if OmegaConf.select(cfg, k, default="<missing>") == "<missing>"]
+    assert not missing, f"sweeps/{name}.yaml searches keys the config lacks: {missing}"
+    build_sampler(OmegaConf.to_container(sw.sampler))
+    build_pruner(OmegaConf.to_container(sw.pruner))
+    assert all(m.startswith("val/") for m in metrics)
