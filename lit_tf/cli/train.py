@@ -237,12 +237,25 @@ def _confusion_png(report: dict, path: Path, title: str) -> None:
 
 
 def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
-    """Pretrain (or continue) a model as described by the composed config; return final metrics.
+    """Pretrain or fine-tune (or continue) as described by the composed config; return final metrics.
 
-    `callbacks` are added to those the config names (sweepers pass their pruning callback here).
+    `callbacks` are added to those the config names. Launched by lit_tf's Optuna sweeper
+    (`trial.number` set), the run also reports to its trial and stops early when pruned.
     """
+    from lit_tf.sweeping.trial import job_trial, trial_process_scope
+
+    trial = job_trial(cfg)  # this job's Optuna trial when a sweep launched it (sets its GPU first)
+    if trial is None:
+        return _train(cfg, list(callbacks or []), None)
+    with trial_process_scope():
+        return _train(cfg, list(callbacks or []), trial)
+
+
+def _train(cfg: DictConfig, callbacks: list, trial) -> dict[str, Any]:
     import lightning as L
     import torch
+
+    from lit_tf.sweeping.trial import process_rank
 
     from lit_tf import __version__
     from lit_tf.lit.build import parameter_counts
@@ -250,10 +263,6 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     from lit_tf.tracking import mlflow as tracking
 
     t0 = time.time()
-    from lit_tf.sweeping.trial import job_trial
-
-    trial = job_trial(cfg)  # this job's Optuna trial when a sweep launched it (sets its GPU first)
-    callbacks = list(callbacks or [])
     pruning = trial.callback() if trial is not None else None
     if pruning is not None:
         callbacks.append(pruning)
@@ -310,10 +319,11 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
 
     run_info = {"mlflow_run_id": logger.run_id if logger else None, "tokenizer_key": b.tokenizer_key,
                 "experiment": str(cfg.name), "checkpoint_dir": str(ckpt_dir)}
-    _write_json_atomic(out_dir / RUN_FILE, run_info)
-    if ckpt_dir.parent != out_dir:
-        _write_json_atomic(ckpt_dir.parent / RUN_FILE, run_info)
-    OmegaConf.save(_job_config(cfg), out_dir / "config.yaml", resolve=False)
+    if process_rank() == 0:  # DDP ranks > 0 share the folder and have no MLflow run: rank 0 writes
+        _write_json_atomic(out_dir / RUN_FILE, run_info)
+        if ckpt_dir.parent != out_dir:
+            _write_json_atomic(ckpt_dir.parent / RUN_FILE, run_info)
+        OmegaConf.save(_job_config(cfg), out_dir / "config.yaml", resolve=False)
 
     trainer = L.Trainer(**trainer_cfg, logger=logger if logger else False,
                         callbacks=_instantiate_callbacks(cfg, ckpt_dir) + callbacks, default_root_dir=str(out_dir))

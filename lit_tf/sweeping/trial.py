@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,8 @@ class OptunaPruning(L.Callback):
         if prune:
             self.pruned_step = step
             trainer.should_stop = True
-            log.info("trial %d pruned at step %d (%s)", self.trial.number, step, self.monitor)
+            if self.trial is not None:
+                log.info("trial %d pruned at step %d (%s)", self.trial.number, step, self.monitor)
 
 
 @dataclass
@@ -84,7 +86,46 @@ class JobTrial:
         return tags
 
 
-def _process_rank() -> int:
+@contextmanager
+def trial_process_scope():
+    """Run one trial in a process that may run more: DDP inside the trial, isolated.
+
+    Lightning starts DDP ranks > 0 as `python <script> <sys.argv[1:]> hydra.run.dir=<run.dir>`.
+    In a sweep job sys.argv is the sweep's (`-m sweep=...`), so each rank would start a sweep of
+    its own: point argv at this job's overrides (sampled values + trial.*) and run.dir at its
+    output folder, so every rank composes exactly the trial's config. Lightning also leaves its
+    rendezvous variables (MASTER_PORT, WORLD_SIZE, LOCAL_RANK, ...) in os.environ and the process
+    group open; both are undone on exit so the next trial in this process starts clean.
+    """
+    import sys
+
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    env, argv = dict(os.environ), list(sys.argv)
+    hc = HydraConfig.get() if HydraConfig.initialized() else None
+    run_dir = hc.run.dir if hc is not None else None
+    if hc is not None and hc.mode == RunMode.MULTIRUN:
+        sys.argv = [sys.argv[0], *hc.overrides.task]
+        with read_write(hc):
+            hc.run.dir = hc.runtime.output_dir
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for k in set(os.environ) - set(env):
+            del os.environ[k]
+        os.environ.update(env)
+        sys.argv[:] = argv
+        if hc is not None:
+            with read_write(hc):
+                hc.run.dir = run_dir
+
+
+def process_rank() -> int:
     """Global rank of this process as the launchers set it (0 outside distributed runs)."""
     for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         if os.environ.get(var, "").isdigit():
@@ -102,7 +143,7 @@ def job_trial(cfg) -> JobTrial | None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before this job initialises CUDA
     pruning = bool(tcfg.get("prune"))
-    if _process_rank() > 0:  # DDP ranks re-launched by Lightning: no storage access, follow rank 0
+    if process_rank() > 0:  # DDP ranks re-launched by Lightning: no storage access, follow rank 0
         return JobTrial(int(number), None, [], pruning, gpu)
     from hydra.core.hydra_config import HydraConfig
 

@@ -124,6 +124,20 @@ def test_pruner_stops_a_clearly_worse_trial(tmp_path, cache_dir):
     assert tags["1"]["optuna.state"] == "PRUNED" and tags["1"]["optuna.pruned_step"] == str(pruned_at)
 
 
+def test_ddp_trials_run_the_trial_config_on_every_rank_and_prune_together(tmp_path, cache_dir):
+    # two CPU ranks (gloo) inside each trial; trial 1 is pruned: if rank 1 did not stop at the
+    # same step as rank 0, its next collective would hang and the sweep would time out
+    p = run_sweep(tmp_path, cache_dir, "+trainer.strategy=ddp", "trainer.devices=2", "hydra.sweeper.n_trials=2",
+                  "trainer.max_steps=24", "trainer.val_check_interval=4",
+                  "hydra.sweeper.pruner={name: median, n_startup_trials: 1, n_warmup_steps: 0}",
+                  "hydra.sweeper.enqueue=[{optim.optimizer.lr: 0.01, model.d_ff: 64},"
+                  "{optim.optimizer.lr: 1.0e-9, model.d_ff: 64}]")
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert p.stdout.count("running trial(s)") == 2  # rank 1 ran the trial, not a sweep of its own
+    assert sorted(q.name for q in (tmp_path / "outputs/sweeps/smoke").glob("trial_*")) == ["trial_0", "trial_1"]
+
+
 def test_killed_sweep_resumes_without_duplicate_numbers(tmp_path, cache_dir):
     cmd = sweep_cmd(tmp_path, cache_dir, "trainer.max_steps=30", "trainer.val_check_interval=10")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
