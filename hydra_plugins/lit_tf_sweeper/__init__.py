@@ -2,6 +2,6 @@
 
 - `optuna_sweeper.OptunaSweeper`: the Optuna sweeper (`hydra/sweeper=optuna`), implemented in
   `lit_tf.sweeping.sweeper`;
-- `sweeps_source.SweepsConfigSource`: serves the top-level `sweeps/` folder as the `sweep`
-  config group, so `python train.py -m sweep=<name>` picks `sweeps/<name>.yaml`.
+- `sweeps_source.SweepsConfigSource` + `LitTfSweepsSearchPath`: serve the top-level `sweeps/`
+  folder as the `sweep` config group, so `python train.py -m sweep=<name>` picks `sweeps/<name>.yaml`.
 """

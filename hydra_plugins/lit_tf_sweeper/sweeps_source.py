@@ -1,15 +1,18 @@
 """`lit-sweeps://<folder>` on Hydra's search path: the folder's YAML files form the `sweep` group.
 
-train.yaml puts `lit-sweeps://sweeps` on the search path; a relative folder is looked up in the
-current directory first, then next to lit_tf's `conf/` (the repository root).
+`LitTfSweepsSearchPath` puts `lit-sweeps://sweeps` on lit_tf's search path; a relative folder is
+looked up in the current directory first, then next to lit_tf's `conf/` (the repository root).
+Another folder of studies: `hydra.searchpath=[lit-sweeps:///abs/path/to/studies]`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.object_type import ObjectType
 from hydra.plugins.config_source import ConfigLoadError, ConfigResult, ConfigSource
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
 GROUP = "sweep"
@@ -73,4 +76,17 @@ class SweepsConfigSource(ConfigSource):
         return f"SweepsConfigSource({self.folder})"
 
 
-__all__ = ["SweepsConfigSource"]
+
+
+class LitTfSweepsSearchPath(SearchPathPlugin):
+    """Put the sweeps folder on the search path of lit_tf's own app only (the one whose primary
+    config folder is lit_tf's conf/), so `sweep=` is a group for composition and in --help."""
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        from lit_tf.cli.train import CONFIG_DIR
+
+        ours = str(Path(CONFIG_DIR).resolve())
+        paths = [e.path or "" for e in search_path.get_path()]
+        is_ours = any(p.removeprefix("file://").rstrip("/") == ours for p in paths)  # compose API: no scheme
+        if is_ours and not any(p.startswith("lit-sweeps://") for p in paths):
+            search_path.append(provider="lit_tf-sweeps", path="lit-sweeps://sweeps")

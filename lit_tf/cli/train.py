@@ -255,11 +255,10 @@ def _train(cfg: DictConfig, callbacks: list, trial) -> dict[str, Any]:
     import lightning as L
     import torch
 
-    from lit_tf.sweeping.trial import process_rank
-
     from lit_tf import __version__
     from lit_tf.lit.build import parameter_counts
     from lit_tf.lit.module import LitModule
+    from lit_tf.sweeping.trial import process_rank
     from lit_tf.tracking import mlflow as tracking
 
     t0 = time.time()
