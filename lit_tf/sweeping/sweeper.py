@@ -217,10 +217,18 @@ class LitTfOptunaSweeper(Sweeper):
     def _run_batch(self, study, size, base, fixed, space, spec, pool, runs) -> None:
         owner = st.owner_id()
         trials = []
-        for _ in range(size):
-            t = study.ask(space.distributions)
-            t.set_user_attr(st.ATTR_OWNER, owner)
-            trials.append(t)
+        try:
+            for _ in range(size):
+                t = study.ask(space.distributions)
+                trials.append(t)
+                t.set_user_attr(st.ATTR_OWNER, owner)
+            self._launch_and_tell(study, trials, base, fixed, spec, pool, runs)
+        except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into SystemExit after its cleanup
+            for t in trials:  # fail_trial leaves trials that were already told alone
+                st.fail_trial(study, t.number, f"interrupted: {type(e).__name__}", interrupted=True)
+            raise
+
+    def _launch_and_tell(self, study, trials, base, fixed, spec, pool, runs) -> None:
         batch = [self._job_overrides(t, base, fixed, spec, pool[i % len(pool)] if pool else None)
                  for i, t in enumerate(trials)]
         # A sampled config that cannot even be composed fails its trial here, before any launch.
@@ -237,10 +245,6 @@ class LitTfOptunaSweeper(Sweeper):
         self._print(f"running trial(s) {names}")
         try:
             results = self.launcher.launch([o for _, o in launchable], initial_job_idx=launchable[0][0].number)
-        except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into SystemExit after its cleanup
-            for t, _ in launchable:
-                st.fail_trial(study, t.number, f"interrupted: {type(e).__name__}", interrupted=True)
-            raise
         except Exception as e:  # the launcher itself broke (e.g. a joblib worker killed by the OOM killer)
             for t, _ in launchable:
                 self._tell_fail(study, t, f"launcher error: {_exception_text(e)}", runs)

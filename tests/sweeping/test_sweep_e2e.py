@@ -4,6 +4,7 @@ real MLflow store), on the smoke study's tiny quickstart model."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -73,6 +74,15 @@ def test_smoke_sweep_stores_study_parent_and_child_runs(tmp_path, cache_dir):
     # the printed reproduce command repeats the best trial's values
     assert f"best trial #{best.number}" in p.stdout
     assert f"optim.optimizer.lr={best.params['optim.optimizer.lr']!r}" in p.stdout
+    # ... and running it as a single run gives the best trial's result again
+    line = next(x for x in p.stdout.splitlines() if x.strip().startswith("reproduce:"))
+    argv = shlex.split(line.split("reproduce:", 1)[1])
+    assert argv[:3] == ["python", "train.py", "sweep=smoke"]
+    single = subprocess.run([sys.executable, *argv[1:], "logger=none"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    value = float(next(x for x in single.stdout.splitlines() if "val/mlm_loss =" in x).split("=")[1])
+    assert value == pytest.approx(best.value, rel=1e-3)
     # and the summary CLI reads the same storage
     out = subprocess.run([sys.executable, "-m", "lit_tf.cli.study", "summary",
                           str(tmp_path / "outputs/sweeps/smoke/optuna.journal"), "smoke"],
@@ -138,14 +148,15 @@ def test_ddp_trials_run_the_trial_config_on_every_rank_and_prune_together(tmp_pa
     assert sorted(q.name for q in (tmp_path / "outputs/sweeps/smoke").glob("trial_*")) == ["trial_0", "trial_1"]
 
 
-def test_killed_sweep_resumes_without_duplicate_numbers(tmp_path, cache_dir):
+def interrupt_during_trial_1(tmp_path: Path, cache_dir: Path, sig: int) -> None:
+    """Start the smoke sweep, send `sig` to its process group while trial 1 runs, wait for it to end."""
     cmd = sweep_cmd(tmp_path, cache_dir, "trainer.max_steps=30", "trainer.val_check_interval=10")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     journal = tmp_path / "outputs/sweeps/smoke/optuna.journal"
     deadline = time.time() + 300
     try:
-        while time.time() < deadline:  # kill while trial 1 runs (trial 0 finished)
+        while time.time() < deadline:
             if journal.is_file():
                 trials = load(tmp_path).trials
                 if len(trials) >= 2 and trials[1].state == TrialState.RUNNING:
@@ -153,10 +164,29 @@ def test_killed_sweep_resumes_without_duplicate_numbers(tmp_path, cache_dir):
             time.sleep(0.2)
         else:
             pytest.fail("the sweep never reached trial 1")
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=120)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert any(t.state == TrialState.RUNNING for t in load(tmp_path).trials)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_running_trial_interrupted_at_once(tmp_path, cache_dir):
+    interrupt_during_trial_1(tmp_path, cache_dir, signal.SIGINT)
+    trial1 = load(tmp_path).trials[1]
+    assert trial1.state == TrialState.FAIL and trial1.user_attrs.get("lit_tf.interrupted") is True
+    _, parents, _ = mlflow_runs(tmp_path)
+    assert parents[0].info.status == "KILLED"
+    run_sweep(tmp_path, cache_dir, "trainer.max_steps=30", "trainer.val_check_interval=10")
+    study = load(tmp_path)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 4
+
+
+def test_killed_sweep_resumes_without_duplicate_numbers(tmp_path, cache_dir):
+    interrupt_during_trial_1(tmp_path, cache_dir, signal.SIGKILL)
+    assert any(t.state == TrialState.RUNNING for t in load(tmp_path).trials)  # nobody could mark it
     run_sweep(tmp_path, cache_dir, "trainer.max_steps=30", "trainer.val_check_interval=10")
     study = load(tmp_path)
     numbers = [t.number for t in study.trials]
