@@ -76,8 +76,8 @@ class LitTfOptunaSweeper(Sweeper):
         self.n_trials, self.n_jobs, self.max_failure_rate = int(n_trials), int(n_jobs), float(max_failure_rate)
         self.gpus = [str(g) for g in st.as_list(gpus)] if gpus not in (None, "auto") else gpus
         self.params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})
-        self.enqueue = OmegaConf.to_container(enqueue) if isinstance(enqueue, (DictConfig,)) else \
-            [OmegaConf.to_container(e) if isinstance(e, DictConfig) else dict(e) for e in st.as_list(enqueue)]
+        self.enqueue = [OmegaConf.to_container(e) if isinstance(e, DictConfig) else dict(e)
+                        for e in ([enqueue] if isinstance(enqueue, (dict, DictConfig)) else st.as_list(enqueue))]
         self.seed = seed
         self.config: DictConfig | None = None
         self.launcher = None

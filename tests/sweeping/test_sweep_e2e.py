@@ -216,12 +216,14 @@ def test_two_joblib_workers_share_one_storage(tmp_path, cache_dir):
     assert {gpus[0], gpus[1]} == {"5", "7"} and {gpus[2], gpus[3]} == {"5", "7"}
 
 
-def test_multi_objective_study_with_nsgaii(tmp_path, cache_dir):
+def test_multi_objective_study_with_nsgaii_in_an_rdb_storage(tmp_path, cache_dir):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"  # the RDB path (PostgreSQL on clusters)
     run_sweep(tmp_path, cache_dir, "hydra.sweeper.n_trials=3", "hydra.sweeper.metric=[val/mlm_loss,val/nsp_loss]",
               "hydra.sweeper.direction=[minimize,minimize]", "~hydra.sweeper.sampler",
               "+hydra.sweeper.sampler={name: nsgaii, population_size: 2}",
-              "hydra.sweeper.study_name=pareto")
-    study = load(tmp_path, "pareto")
+              "hydra.sweeper.study_name=pareto", f"hydra.sweeper.storage='{url}'")
+    assert not (tmp_path / "outputs/sweeps/pareto/optuna.journal").exists()
+    study = optuna.load_study(study_name="pareto", storage=url)
     assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
     assert study.metric_names == ["val/mlm_loss", "val/nsp_loss"]
     assert all(t.state == TrialState.COMPLETE and len(t.values) == 2 for t in study.trials)
