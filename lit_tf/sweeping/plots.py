@@ -41,16 +41,17 @@ def write_study_files(study: optuna.Study, out_dir: str | Path) -> list[Path]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     with_curves = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
     multi = len(study.directions) > 1
+    metric = (study.metric_names or ["objective"])[0]  # axis label: the metric, not "Objective Value"
     plots = {}
     if complete:
         if multi:
             plots["pareto_front"] = lambda: ovm.plot_pareto_front(study)
         else:
-            plots["optimization_history"] = lambda: ovm.plot_optimization_history(study)
+            plots["optimization_history"] = lambda: ovm.plot_optimization_history(study, target_name=metric)
         if len(complete) >= 2 and complete[0].params:
             target = (lambda t: t.values[0]) if multi else None
-            plots["param_importances"] = lambda: ovm.plot_param_importances(study, target=target)
-            plots["parallel_coordinate"] = lambda: ovm.plot_parallel_coordinate(study, target=target)
+            plots["param_importances"] = lambda: ovm.plot_param_importances(study, target=target, target_name=metric)
+            plots["parallel_coordinate"] = lambda: ovm.plot_parallel_coordinate(study, target=target, target_name=metric)
     if with_curves:
         plots["intermediate_values"] = lambda: ovm.plot_intermediate_values(study)
     for name, make in plots.items():
