@@ -83,7 +83,7 @@ def load_existing_study(spec: str, name: str, pruner: optuna.pruners.BasePruner 
 
 
 # ------------------------------------------------------------------------------ samplers / pruners
-def _named(spec: Any, key: str) -> tuple[str, dict]:
+def named_spec(spec: Any, key: str) -> tuple[str, dict]:
     """`tpe` or `{name: tpe, seed: 0, ...}` -> ("tpe", {"seed": 0, ...})."""
     if spec is None:
         return "none", {}
@@ -112,7 +112,7 @@ class AskTellGridSampler(optuna.samplers.GridSampler):
 
 def build_sampler(spec: Any, grid_space: Mapping[str, list] | None = None, seed: int | None = None):
     """Named sampler: tpe | random | cmaes | grid | nsgaii | qmc (options as keyword arguments)."""
-    name, kwargs = _named(spec, "sampler")
+    name, kwargs = named_spec(spec, "sampler")
     if seed is not None:
         kwargs.setdefault("seed", seed)
     samplers = optuna.samplers
@@ -131,7 +131,7 @@ def build_sampler(spec: Any, grid_space: Mapping[str, list] | None = None, seed:
 
 def build_pruner(spec: Any) -> optuna.pruners.BasePruner:
     """Named pruner: none | median | percentile | successive_halving | hyperband | threshold."""
-    name, kwargs = _named(spec, "pruner")
+    name, kwargs = named_spec(spec, "pruner")
     pruners = optuna.pruners
     table = {"none": pruners.NopPruner, "nop": pruners.NopPruner, "median": pruners.MedianPruner,
              "percentile": pruners.PercentilePruner, "successive_halving": pruners.SuccessiveHalvingPruner,

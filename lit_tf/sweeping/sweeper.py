@@ -160,7 +160,7 @@ class LitTfOptunaSweeper(Sweeper):
         storage = st.open_storage(spec)
         pruner = st.build_pruner(self.pruner_spec)
         self.pruning = len(self.metrics) == 1 and not isinstance(pruner, optuna.pruners.NopPruner)
-        sampler_name = st._named(self.sampler_spec, "sampler")[0]
+        sampler_name = st.named_spec(self.sampler_spec, "sampler")[0]
         sampler = st.build_sampler(self.sampler_spec, space.grid() if sampler_name == "grid" else None, self.seed)
         n_trials = self.n_trials
         if sampler_name == "grid":
@@ -173,7 +173,7 @@ class LitTfOptunaSweeper(Sweeper):
                                     directions=self.directions, load_if_exists=True)
         if [d.name.lower() for d in study.directions] != self.directions:
             raise st.StudyConfigError(
-                f"study '{self.study_name}' in {spec} was created with directions "
+                f"study '{self.study_name}' in {self.spec_shown} was created with directions "
                 f"{[d.name.lower() for d in study.directions]}, this sweep asks {self.directions}: "
                 "use a new study_name (or storage) for a different objective")
         if study.metric_names is None:
@@ -186,7 +186,7 @@ class LitTfOptunaSweeper(Sweeper):
 
         runs = self._open_mlflow(study, spec)
         c = st.counts(study)
-        self._print(f"study '{self.study_name}' in {spec}: {c['done']}/{n_trials} trials done"
+        self._print(f"study '{self.study_name}' in {self.spec_shown}: {c['done']}/{n_trials} trials done"
                     + (f", re-asking interrupted trial(s) {requeued}" if requeued else "")
                     + f"; outputs in {self.sweep_dir}")
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
@@ -199,7 +199,7 @@ class LitTfOptunaSweeper(Sweeper):
                 if c["failed"] > self.max_failure_rate * n_trials:
                     raise SweepFailed(
                         f"{c['failed']} of {n_trials} planned trials failed (max_failure_rate="
-                        f"{self.max_failure_rate}); the study is kept in {spec}. First errors:\n"
+                        f"{self.max_failure_rate}); the study is kept in {self.spec_shown}. First errors:\n"
                         + "\n".join(f"  trial {t.number}: {t.user_attrs.get(st.ATTR_FAIL_REASON, '?')}"
                                     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                                     if not t.user_attrs.get(st.ATTR_INTERRUPTED))[:3000])
