@@ -204,11 +204,17 @@ def test_killed_sweep_resumes_without_duplicate_numbers(tmp_path, cache_dir):
 
 
 def test_two_joblib_workers_share_one_storage(tmp_path, cache_dir):
+    # trials 0+1 run side by side, then 2+3; trial 2 (lr ~ 0) is pruned inside its joblib worker
+    # against the curves of 0 and 1, which it can only see through the shared storage
     run_sweep(tmp_path, cache_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
-              "hydra.sweeper.gpus=[5,7]")
+              "hydra.sweeper.gpus=[5,7]", "trainer.max_steps=24", "trainer.val_check_interval=4",
+              "hydra.sweeper.enqueue=[{optim.optimizer.lr: 0.01, model.d_ff: 64},{optim.optimizer.lr: 0.005, model.d_ff: 32},"
+              "{optim.optimizer.lr: 1.0e-9, model.d_ff: 64}]")
     study = load(tmp_path)
     assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
-    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    states = [t.state for t in study.trials]
+    assert states[:3] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    assert states[3] in (TrialState.COMPLETE, TrialState.PRUNED)
     _, parents, children = mlflow_runs(tmp_path)
     assert len(parents) == 1 and len(children) == 4
     # each pair of concurrent trials got the two GPUs of the pool, one each
