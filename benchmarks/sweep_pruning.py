@@ -38,7 +38,8 @@ def sweep(root: Path, name: str, pruner: str, trials: int, steps: int, extra: li
 
     study = optuna.load_study(study_name=name, storage=open_storage(str(root / "outputs/sweeps" / name / "optuna.journal")))
     states = [t.state.name for t in study.trials]
-    steps_run = sum(max(t.intermediate_values or {0: 0}) for t in study.trials)
+    # a pruned trial stopped at its pruned step; every other trial ran the full budget
+    steps_run = sum(int(t.user_attrs.get("lit_tf.pruned_step", steps)) for t in study.trials)
     return {"wall_min": wall / 60, "best": study.best_value, "best_trial": study.best_trial.number,
             "pruned": states.count("PRUNED"), "complete": states.count("COMPLETE"), "failed": states.count("FAIL"),
             "steps": steps_run}
