@@ -110,8 +110,10 @@ def log_params_now(logger: MLFlowLogger, params: Mapping[str, Any]) -> None:
     logger.log_hyperparams(params)
 
 
+@rank_zero_only
 def flush(logger: MLFlowLogger) -> None:
-    """Wait for queued asynchronous logging to reach the store."""
+    """Wait for queued asynchronous logging to reach the store (rank 0 logs; other DDP ranks have
+    no run, and calling MLflow there would create a default `mlflow.db` in the working directory)."""
     try:
         import mlflow
 

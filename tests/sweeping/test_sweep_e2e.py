@@ -137,6 +137,8 @@ def test_pruner_stops_a_clearly_worse_trial(tmp_path, cache_dir):
 def test_ddp_trials_run_the_trial_config_on_every_rank_and_prune_together(tmp_path, cache_dir):
     # two CPU ranks (gloo) inside each trial; trial 1 is pruned: if rank 1 did not stop at the
     # same step as rank 0, its next collective would hang and the sweep would time out
+    stray = ROOT / "mlflow.db"  # MLflow's default store: a rank without a run must not create it
+    had_stray = stray.exists()
     p = run_sweep(tmp_path, cache_dir, "+trainer.strategy=ddp", "trainer.devices=2", "hydra.sweeper.n_trials=2",
                   "trainer.max_steps=24", "trainer.val_check_interval=4",
                   "hydra.sweeper.pruner={name: median, n_startup_trials: 1, n_warmup_steps: 0}",
@@ -146,6 +148,7 @@ def test_ddp_trials_run_the_trial_config_on_every_rank_and_prune_together(tmp_pa
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
     assert p.stdout.count("running trial(s)") == 2  # rank 1 ran the trial, not a sweep of its own
     assert sorted(q.name for q in (tmp_path / "outputs/sweeps/smoke").glob("trial_*")) == ["trial_0", "trial_1"]
+    assert had_stray or not stray.exists()
 
 
 def interrupt_during_trial_1(tmp_path: Path, cache_dir: Path, sig: int) -> None:
