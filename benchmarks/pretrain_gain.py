@@ -1,7 +1,7 @@
 """Does pretraining help? SST-2 fine-tuned from a short pretraining run vs from scratch.
 
-    python benchmarks/pretrain_gain.py [--pretrain-steps 6000] [--pretrain-batch 128] [--seq-len 32] [--vocab-size 4000]
-        [--corpus general|general+task|task] [--train-examples 500,1000,3000] [--epochs 3]
+    python benchmarks/pretrain_gain.py [--pretrain-steps 18000] [--pretrain-batch 128] [--seq-len 32] [--vocab-size 4000]
+        [--corpus task|general+task|general] [--train-examples 500,1000,3000] [--epochs 3]
         [--ft-lrs 3e-4,1e-3,3e-3] [--pretrained CKPT] [--out DIR] [key=value ...]
 
 1. Pretrain a tiny BERT (MLM, `model=bert_tiny`) on English text from the shared data folder
@@ -67,12 +67,12 @@ def pretrain(args, root: Path, shared: str) -> tuple[str, dict, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pretrain-steps", type=int, default=6000)
+    ap.add_argument("--pretrain-steps", type=int, default=18000)
     ap.add_argument("--pretrain-lr", type=float, default=1e-3)
     ap.add_argument("--pretrain-batch", type=int, default=128)
     ap.add_argument("--seq-len", type=int, default=32, help="pretraining block length and fine-tuning max length")
     ap.add_argument("--vocab-size", type=int, default=4000, help="WordPiece vocabulary of both sides")
-    ap.add_argument("--corpus", default="general+task", choices=["general", "general+task", "task"],
+    ap.add_argument("--corpus", default="task", choices=["general", "general+task", "task"],
                     help="pretraining text: WikiText-2 + Tiny Shakespeare, plus / or only the unlabelled SST-2 sentences")
     ap.add_argument("--objective", default="mlm", choices=["mlm", "mlm_nsp"], help="pretraining objective")
     ap.add_argument("--pretrained", help="skip pretraining: fine-tune from this checkpoint")
