@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from lit_tf.sweeping import study as st
 
@@ -74,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             import optuna
 
             spec = st.resolve_storage_spec(args.storage, None)
-            if not st.is_rdb_url(spec) and not Path(spec).is_file():
-                raise FileNotFoundError(f"storage {spec}: no such journal file")
-            for s_ in optuna.get_all_study_summaries(st.open_storage(spec), include_best_trial=False):
+            for s_ in optuna.get_all_study_summaries(st.open_existing_storage(spec), include_best_trial=False):
                 print(f"{s_.study_name}\t{s_.n_trials} trials\tstarted {s_.datetime_start:%Y-%m-%d %H:%M}"
                       if s_.datetime_start else f"{s_.study_name}\t{s_.n_trials} trials")
     except (FileNotFoundError, KeyError, ValueError) as e:

@@ -20,8 +20,6 @@ def trials_table(study: optuna.Study):
     if "duration" in df:
         df["duration_s"] = df["duration"].dt.total_seconds().round(1)
         df = df.drop(columns=["duration"])
-    if len(study.directions) > 1:
-        df = df.rename(columns={f"values_{i}": m for i, m in enumerate(study.metric_names or [])})
     return df
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from omegaconf import ListConfig
 from optuna.trial import TrialState
 
 DEFAULT_JOURNAL = "optuna.journal"
@@ -70,11 +71,16 @@ def open_storage(spec: str) -> optuna.storages.BaseStorage | str:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def load_existing_study(spec: str, name: str, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
-    """Load a study that must exist; the error lists the studies the storage does hold."""
+def open_existing_storage(spec: str) -> optuna.storages.BaseStorage | str:
+    """open_storage for reading: a journal file must already exist (never create an empty one)."""
     if not is_rdb_url(spec) and not Path(spec).is_file():
         raise FileNotFoundError(f"storage {spec}: no such journal file")
-    storage = open_storage(spec)
+    return open_storage(spec)
+
+
+def load_existing_study(spec: str, name: str, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Load a study that must exist; the error lists the studies the storage does hold."""
+    storage = open_existing_storage(spec)
     try:
         return optuna.load_study(study_name=name, storage=storage, pruner=pruner)
     except KeyError:
@@ -148,7 +154,7 @@ def build_pruner(spec: Any) -> optuna.pruners.BasePruner:
 def as_list(x: Any) -> list:
     if x is None:
         return []
-    if isinstance(x, (list, tuple)) or type(x).__name__ == "ListConfig":
+    if isinstance(x, (list, tuple, ListConfig)):
         return list(x)
     return [x]
 

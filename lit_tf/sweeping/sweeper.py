@@ -316,7 +316,8 @@ class LitTfOptunaSweeper(Sweeper):
 
     def reproduce_command(self, params: dict) -> str:
         """The single-run command that repeats a trial: this sweep's own overrides + its values."""
-        keep = [o for o in self.config.hydra.overrides.task if not OverridesParser.create().parse_override(o).is_sweep_override()]
+        parsed = OverridesParser.create().parse_overrides(list(self.config.hydra.overrides.task))
+        keep = [o.input_line for o in parsed if not o.is_sweep_override()]
         return "python train.py " + " ".join(shlex.quote(o) for o in [*keep, *sp.to_overrides(params)])
 
     def _best(self, study) -> dict:

@@ -1,9 +1,9 @@
 """The job's side of a sweep: find this job's Optuna trial through the shared study storage
 and report validation metrics to it, stopping early when the pruner says so.
 
-The sweeper passes only `trial.number=N` (and `trial.gpu=G` with a GPU pool) on the job's
-command line; storage, study name, metric and pruner come from the job's own Hydra config
-(`hydra.sweeper.*`), so the lookup works the same in the sweeper's process, in a joblib worker
+The sweeper passes only `trial.number`, `trial.study`, `trial.prune` (and `trial.gpu` with a
+GPU pool) on the job's command line; storage, metric and pruner come from the job's own Hydra
+config (`hydra.sweeper.*`), so the lookup works the same in the sweeper's process, in a joblib worker
 or on another SLURM node. Nothing is passed through globals.
 """
 
@@ -14,7 +14,6 @@ import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import lightning as L
 import optuna
@@ -65,7 +64,6 @@ class JobTrial:
     study: optuna.Study | None  # None on DDP ranks > 0: they only follow rank 0's decisions
     metrics: list[str]
     pruning: bool
-    gpu: Any = None
 
     def callback(self) -> OptunaPruning | None:
         if not self.pruning:
@@ -144,7 +142,7 @@ def job_trial(cfg) -> JobTrial | None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before this job initialises CUDA
     pruning = bool(tcfg.get("prune"))
     if process_rank() > 0:  # DDP ranks re-launched by Lightning: no storage access, follow rank 0
-        return JobTrial(int(number), None, [], pruning, gpu)
+        return JobTrial(int(number), None, [], pruning)
     from hydra.core.hydra_config import HydraConfig
 
     sweeper = HydraConfig.get().sweeper if HydraConfig.initialized() else None
@@ -155,4 +153,4 @@ def job_trial(cfg) -> JobTrial | None:
     spec = st.resolve_storage_spec(sweeper.get("storage"), HydraConfig.get().sweep.dir)
     study = st.load_existing_study(spec, str(tcfg.get("study") or sweeper.study_name),
                                    pruner=st.build_pruner(sweeper.get("pruner")))
-    return JobTrial(int(number), study, metrics, pruning, gpu)
+    return JobTrial(int(number), study, metrics, pruning)
