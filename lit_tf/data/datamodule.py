@@ -80,11 +80,13 @@ class PretrainDataModule(StreamDataModule):
         seed: base seed for example construction, shuffling and masking.
         accumulate_grad_batches: to translate trainer steps into consumed batches on resume.
         max_steps: length of the training stream (-1: one pass over the data per epoch).
+        tokenizer: use this tokenizer (e.g. the one stored in a checkpoint being resumed) instead
+            of `data.tokenizer`: nothing is trained or looked up by settings.
     """
 
     def __init__(
         self, data: Mapping, objective: Mapping, *, cache_dir: str, seed: int = 0,
-        accumulate_grad_batches: int = 1, max_steps: int = -1,
+        accumulate_grad_batches: int = 1, max_steps: int = -1, tokenizer: TokenizerArtifact | None = None,
     ) -> None:
         super().__init__()
         self.cfg, self.obj = dict(data), dict(objective)
@@ -92,12 +94,16 @@ class PretrainDataModule(StreamDataModule):
         self.accumulate, self.max_steps = int(accumulate_grad_batches), int(max_steps)
         self.sources = CorpusSources.from_config(self.cfg)
         self.tokenizer: TokenizerArtifact | None = None
+        self.given_tokenizer = tokenizer
         self.shard_dirs: dict[str, Path] = {}
         self.train_set = self.val_set = None
 
     # ------------------------------------------------------------------ heavy, cached work
     def prepare(self) -> TokenizerArtifact:
-        """Train/load the tokenizer and build/load shards. Safe to call repeatedly."""
+        """Train/load the tokenizer and build/load shards. Safe to call repeatedly.
+
+        In a distributed run, global rank 0 trains and builds; the other ranks wait for its
+        folders in the cache (`lit_tf.data.atomic.build_once`)."""
         if self.tokenizer is not None:
             return self.tokenizer
         tok_cfg = dict(self.cfg.get("tokenizer") or {})
@@ -107,7 +113,9 @@ class PretrainDataModule(StreamDataModule):
         def train_docs():
             return text.iter_documents(self.sources.train)
 
-        if tok_cfg.get("path"):
+        if self.given_tokenizer is not None:
+            self.tokenizer = self.given_tokenizer
+        elif tok_cfg.get("path"):
             self.tokenizer = TokenizerArtifact.load(tok_cfg["path"])
         else:
             spec = TokenizerSpec.from_config(tok_cfg)

@@ -6,11 +6,12 @@ A shard directory holds one flat token stream and its structure:
     word_start.bin    uint8, 1 where a token begins a word (for whole-word masking)
     sent_bounds.npy   int64 (S+1,): token offset where each sentence starts
     doc_bounds.npy    int64 (D+1,): sentence index where each document starts
-    meta.json         tokenizer key, vocab size, special ids, counts; written last
+    meta.json         tokenizer content digest, vocab size, special ids, counts; written last
 
 Writing streams documents and appends to the files, so memory stays flat as corpora grow.
 The directory is built under a temporary name and renamed when complete: a crash never
-leaves a shard that looks finished.
+leaves a shard that looks finished. Shard folders are keyed by the corpus fingerprint and the
+tokenizer's content digest (never its settings), and built by global rank 0 only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from lit_tf.data.atomic import atomic_dir
+from lit_tf.data.atomic import build_once
 from lit_tf.data.tokenizer import TokenizerArtifact, encode_words
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def write_shards(
     dtype = token_dtype(tokenizer.vocab_size)
     base_meta = {
         "version": SHARD_VERSION,
-        "tokenizer_key": tokenizer.key,
+        "tokenizer_digest": tokenizer.digest,
         "vocab_size": tokenizer.vocab_size,
         "special_ids": tokenizer.meta["special_ids"],
         "dtype": dtype.name,
@@ -201,19 +202,22 @@ def build_or_load_shards(
     val_fraction: float = 0.0,
     max_docs: int | None = None,
 ) -> Path:
-    """Return the shard root for (corpus, tokenizer, split settings); build it if missing."""
+    """Return the shard root for (corpus, tokenizer content, split settings); build it if missing
+    (global rank 0 only: other ranks wait for it, see `lit_tf.data.atomic.build_once`)."""
+    if not tokenizer.digest:
+        raise ValueError(f"shards {name}: the tokenizer has no content digest (load it with TokenizerArtifact.load)")
     key_src = json.dumps(
-        {"src": source_fingerprint, "tok": tokenizer.key, "val": val_fraction, "max_docs": max_docs, "v": SHARD_VERSION},
+        {"src": source_fingerprint, "tok": tokenizer.digest, "val": val_fraction, "max_docs": max_docs,
+         "v": SHARD_VERSION},
         sort_keys=True,
     )
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     final = Path(cache_dir) / f"{name}-{key}"
-    if (final / "train" / "meta.json").is_file():
-        log.info("shards: reusing %s", final)
-        return final
-    with atomic_dir(final, "train/meta.json") as out:
+
+    def build(out: Path) -> None:
         write_shards(
             docs_factory(), tokenizer, out, val_fraction=val_fraction, max_docs=max_docs,
             desc=f"tokenizing {name}", meta={"source_fingerprint": source_fingerprint, "name": name},
         )
-    return final
+
+    return build_once(final, "train/meta.json", build, what=f"shards {name}")

@@ -3,6 +3,11 @@ artifact keyed by corpus + settings, reuse when unchanged.
 
 Special tokens are defined once here and always take ids 0..len(SPECIAL_TOKENS)-1, so every
 tokenizer agrees on them (masking draws random replacements from ids >= N_SPECIAL).
+
+Training is deterministic: the same texts and settings give a byte-identical tokenizer.json in
+any process (see `train_tokenizer`). Anything derived from a tokenizer (token shards, a resumed
+run) is keyed by its content digest (`TokenizerArtifact.digest`, sha256 of the tokenizer.json
+bytes), never by the settings it was trained with.
 """
 
 from __future__ import annotations
@@ -11,13 +16,13 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from lit_tf.data.atomic import atomic_dir
+from lit_tf.data.atomic import atomic_dir, build_once
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +30,7 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, CLS, SEP, MASK)
 N_SPECIAL = len(SPECIAL_TOKENS)
 KINDS = ("wordpiece", "bpe", "bytelevel_bpe")
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2  # 2: deterministic training (pinned character ids)
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,12 @@ class TokenizerSpec:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _build_untrained(spec: TokenizerSpec) -> tuple[Tokenizer, trainers.Trainer]:
-    specials = spec.specials
+def _build_untrained(
+    spec: TokenizerSpec, pinned: Sequence[str] = (), vocab_size: int | None = None
+) -> tuple[Tokenizer, trainers.Trainer]:
+    """An untrained tokenizer and its trainer; `pinned` pieces get the ids after the specials."""
+    specials = spec.specials + [p for p in pinned if p not in spec.specials]
+    vocab_size = spec.vocab_size if vocab_size is None else vocab_size
     if spec.kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100))
         norm = [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()] if spec.lowercase else [normalizers.NFC()]
@@ -72,7 +81,7 @@ def _build_untrained(spec: TokenizerSpec) -> tuple[Tokenizer, trainers.Trainer]:
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##")
         trainer = trainers.WordPieceTrainer(
-            vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, special_tokens=specials,
+            vocab_size=vocab_size, min_frequency=spec.min_frequency, special_tokens=specials,
             continuing_subword_prefix="##",
         )
     elif spec.kind == "bpe":
@@ -83,7 +92,7 @@ def _build_untrained(spec: TokenizerSpec) -> tuple[Tokenizer, trainers.Trainer]:
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.BPEDecoder(suffix="</w>")
         trainer = trainers.BpeTrainer(
-            vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, special_tokens=specials,
+            vocab_size=vocab_size, min_frequency=spec.min_frequency, special_tokens=specials,
             end_of_word_suffix="</w>",
         )
     else:  # bytelevel_bpe: GPT-2 style, no unknown tokens
@@ -92,7 +101,7 @@ def _build_untrained(spec: TokenizerSpec) -> tuple[Tokenizer, trainers.Trainer]:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, special_tokens=specials,
+            vocab_size=vocab_size, min_frequency=spec.min_frequency, special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
     return tok, trainer
@@ -108,10 +117,60 @@ def _finish(tok: Tokenizer) -> Tokenizer:
     return tok
 
 
-def train_tokenizer(spec: TokenizerSpec, texts: Iterable[str]) -> Tokenizer:
-    tok, trainer = _build_untrained(spec)
+Texts = Iterable[str] | Callable[[], Iterable[str]]
+
+
+def _text_factory(texts: Texts) -> Callable[[], Iterable[str]]:
+    if callable(texts):
+        return texts
+    if isinstance(texts, Iterator):
+        raise TypeError("train_tokenizer: texts are read twice; pass a list or a function returning a fresh iterator, "
+                        "not a one-shot iterator/generator")
+    return lambda: texts
+
+
+def _character_pieces(spec: TokenizerSpec, texts: Iterable[str]) -> list[str]:
+    """Every single-character piece the trainer will start from, in a fixed order.
+
+    These are the alphabet and, for `wordpiece`/`bpe`, its `##c` (inside a word) and `c</w>`
+    (end of a word) variants. HF's BPE trainer (which `WordPieceTrainer` wraps) gives the
+    alphabet sorted ids but hands out the variants' ids while iterating its word-count hash
+    map, whose order changes with every process; merge ties are broken by pair ids, so the
+    learned merges and pieces changed from run to run. A first pass with a zero-size target
+    (no merges) finds the pieces; the second pass pins them, sorted, right after the specials.
+    """
+    tok, trainer = _build_untrained(spec, vocab_size=0)
     tok.train_from_iterator(texts, trainer=trainer)
-    for i, s in enumerate(SPECIAL_TOKENS):
+    specials = set(spec.specials)
+    pieces = [p for p in tok.get_vocab() if p not in specials]
+    return sorted(p for p in pieces if len(p) == 1) + sorted(p for p in pieces if len(p) > 1)
+
+
+def _unpin(tok: Tokenizer, spec: TokenizerSpec) -> Tokenizer:
+    """Pinned pieces entered the trainer as special tokens: make them ordinary vocabulary again
+    (special added tokens would be cut out of text before the model sees it, and dropped when
+    decoding)."""
+    data = json.loads(tok.to_str())
+    specials = set(spec.specials)
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] in specials]
+    return Tokenizer.from_str(json.dumps(data, ensure_ascii=False))
+
+
+def train_tokenizer(spec: TokenizerSpec, texts: Texts) -> Tokenizer:
+    """Train a tokenizer; the result depends only on `spec` and the texts (not on the process).
+
+    `texts` is read twice: give a list of strings or a function returning a fresh iterable.
+    """
+    factory = _text_factory(texts)
+    if spec.kind == "bytelevel_bpe":  # no prefix/suffix variants: ids are already in a fixed order
+        tok, trainer = _build_untrained(spec)
+        tok.train_from_iterator(factory(), trainer=trainer)
+    else:
+        pinned = _character_pieces(spec, factory())
+        tok, trainer = _build_untrained(spec, pinned)
+        tok.train_from_iterator(factory(), trainer=trainer)
+        tok = _unpin(tok, spec)
+    for i, s in enumerate(spec.specials):
         if tok.token_to_id(s) != i:
             raise RuntimeError(f"special token {s} got id {tok.token_to_id(s)}, expected {i}")
     return _finish(tok)
@@ -119,11 +178,18 @@ def train_tokenizer(spec: TokenizerSpec, texts: Iterable[str]) -> Tokenizer:
 
 @dataclass
 class TokenizerArtifact:
-    """A trained tokenizer on disk: `<dir>/tokenizer.json` + `<dir>/meta.json`."""
+    """A tokenizer on disk: `<dir>/tokenizer.json` + `<dir>/meta.json`.
+
+    `digest` is the sha256 of the tokenizer.json bytes, computed when loading (never read from
+    meta.json): caches derived from a tokenizer are keyed by it. `key` is the settings key of
+    a trained artifact (its cache folder name), which says nothing about the content.
+    """
 
     path: Path
     tokenizer: Tokenizer
     meta: dict
+    digest: str = ""
+    json_text: str = ""  # the tokenizer.json text, exactly as on disk (what checkpoints store)
 
     @property
     def vocab_size(self) -> int:
@@ -142,27 +208,46 @@ class TokenizerArtifact:
         tj = path / "tokenizer.json" if path.is_dir() else path
         if not tj.is_file():
             raise FileNotFoundError(f"tokenizer: {tj} does not exist (expected a tokenizer.json or its folder)")
-        tok = Tokenizer.from_file(str(tj))
+        raw = tj.read_bytes()
+        try:
+            tok = Tokenizer.from_str(raw.decode("utf-8"))
+        except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
+            raise ValueError(f"{tj}: not a readable tokenizer.json ({e})") from e
+        digest = content_digest(raw)
         meta_path = tj.parent / "meta.json"
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
         else:  # a bare tokenizer.json (e.g. from a HF model dir): derive the meta
-            with open(tj, "rb") as f:
-                key = hashlib.sha256(f.read()).hexdigest()[:16]
-            meta = _meta(tok, key, spec=None)
+            meta = _meta(tok, digest[:16], spec=None)
         for s in (PAD, UNK, CLS, SEP, MASK):
             if tok.token_to_id(s) is None:
                 raise ValueError(f"{tj}: tokenizer lacks special token {s}")
-        return cls(tj.parent, tok, meta)
+        return cls(tj.parent, tok, meta, digest, raw.decode("utf-8"))
+
+
+def content_digest(data: bytes | str) -> str:
+    """sha256 (hex) of a tokenizer.json's bytes: the identity of a tokenizer's content."""
+    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
+
+
+def same_tokenizer(a: str, b: str) -> bool:
+    """Whether two tokenizer.json texts describe the same tokenizer (equal bytes, or equal
+    once both are re-serialised: formatting alone does not make them differ)."""
+    return a == b or Tokenizer.from_str(a).to_str() == Tokenizer.from_str(b).to_str()
 
 
 def _meta(tok: Tokenizer, key: str, spec: TokenizerSpec | None) -> dict:
+    if spec is not None:
+        specials = spec.specials
+    else:  # ours first, then any other special added tokens (language tags), by id
+        added = sorted((i, t.content) for i, t in tok.get_added_tokens_decoder().items() if t.special)
+        specials = list(SPECIAL_TOKENS) + [c for _, c in added if c not in SPECIAL_TOKENS]
     return {
         "key": key,
         "version": ARTIFACT_VERSION,
         "spec": asdict(spec) if spec else None,
         "vocab_size": tok.get_vocab_size(),
-        "special_ids": {s: tok.token_to_id(s) for s in (spec.specials if spec else SPECIAL_TOKENS)},
+        "special_ids": {s: tok.token_to_id(s) for s in specials},
     }
 
 
@@ -176,22 +261,44 @@ def _texts(docs: Iterator[list[str]], max_docs: int | None) -> Iterator[str]:
 def get_or_train_tokenizer(
     spec: TokenizerSpec, docs_factory, corpus_fingerprint: str, cache_dir: str | os.PathLike
 ) -> TokenizerArtifact:
-    """Load `cache_dir/<key>` if present, else train from `docs_factory()` and save it there."""
+    """Load `cache_dir/<kind>-<vocab>-<key>` if present, else train from `docs_factory()` (read
+    twice) and save it there. In a distributed run only global rank 0 trains; the other ranks
+    wait for its artifact (`lit_tf.data.atomic.build_once`)."""
     key = spec.key(corpus_fingerprint)
     final = Path(cache_dir) / f"{spec.kind}-{spec.vocab_size}-{key}"
-    if (final / "meta.json").is_file():
-        log.info("tokenizer: reusing %s", final)
-        return TokenizerArtifact.load(final)
-    log.info("tokenizer: training %s (vocab %d) -> %s", spec.kind, spec.vocab_size, final)
-    tok = train_tokenizer(spec, _texts(docs_factory(), spec.max_train_docs))
-    meta = _meta(tok, key, spec)
-    meta["corpus_fingerprint"] = corpus_fingerprint
 
-    with atomic_dir(final, "meta.json") as out:
+    def build(out: Path) -> None:
+        log.info("tokenizer: training %s (vocab %d) -> %s", spec.kind, spec.vocab_size, final)
+        tok = train_tokenizer(spec, lambda: _texts(docs_factory(), spec.max_train_docs))
         out.mkdir()
         tok.save(str(out / "tokenizer.json"))
+        meta = _meta(tok, key, spec)
+        meta["corpus_fingerprint"] = corpus_fingerprint
+        meta["digest"] = content_digest((out / "tokenizer.json").read_bytes())
         (out / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    build_once(final, "meta.json", build, what="tokenizer")
     return TokenizerArtifact.load(final)
+
+
+def materialize_tokenizer(tokenizer_json: str, cache_dir: str | os.PathLike) -> TokenizerArtifact:
+    """Write a tokenizer given as JSON text (e.g. the one stored in a checkpoint) to
+    `cache_dir/sha256-<digest>/` with exactly these bytes, and load it. Content-addressed, so any
+    process may write it: all writers write the same bytes, and the first rename wins."""
+    data = tokenizer_json.encode("utf-8")
+    digest = content_digest(data)
+    final = Path(cache_dir) / f"sha256-{digest[:16]}"
+    if not (final / "meta.json").is_file():
+        with atomic_dir(final, "meta.json") as out:
+            out.mkdir()
+            (out / "tokenizer.json").write_bytes(data)
+            meta = _meta(Tokenizer.from_str(tokenizer_json), digest[:16], spec=None)
+            meta["digest"] = digest
+            (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    art = TokenizerArtifact.load(final)
+    if art.digest != digest:
+        raise ValueError(f"{final}/tokenizer.json: content digest {art.digest} != {digest} (folder altered?); delete it")
+    return art
 
 
 def encode_words(tok: Tokenizer, sentences: list[str]) -> list[tuple[list[int], list[bool]]]:

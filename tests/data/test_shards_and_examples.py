@@ -32,7 +32,7 @@ def test_shard_round_trip(corpus):
     train, val = TokenShard.open(root / "train"), TokenShard.open(root / "val")
     assert train.meta["n_documents"] + val.meta["n_documents"] == len(docs)
     assert 0.05 < val.meta["n_documents"] / len(docs) < 0.15
-    assert train.meta["tokenizer_key"] == tok.key and train.meta["vocab_size"] == tok.vocab_size
+    assert train.meta["tokenizer_digest"] == tok.digest and train.meta["vocab_size"] == tok.vocab_size
     assert train.tokens.dtype == np.uint16
     # Rebuild the split from the documents and compare token-for-token, sentence by sentence.
     train_docs = [d for i, d in enumerate(docs) if not _is_val(i)]

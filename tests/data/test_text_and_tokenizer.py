@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -101,12 +102,16 @@ def test_tokenizer_specials_and_cache(tmp_path, shakespeare_docs, kind):
     art = get_or_train_tokenizer(spec, docs, "fp1", tmp_path)
     assert [art.tokenizer.token_to_id(s) for s in SPECIAL_TOKENS] == list(range(N_SPECIAL))
     assert art.vocab_size <= 600 and art.meta["special_ids"]["[MASK]"] == 4
+    trained_calls = len(calls)  # training reads the corpus twice (see train_tokenizer)
     again = get_or_train_tokenizer(spec, docs, "fp1", tmp_path)  # cached: not retrained
-    assert again.path == art.path and len(calls) == 1
+    assert again.path == art.path and len(calls) == trained_calls
     other = get_or_train_tokenizer(spec, docs, "fp2", tmp_path)  # other corpus: new artifact
-    assert other.path != art.path and len(calls) == 2
+    assert other.path != art.path and len(calls) == 2 * trained_calls
     reloaded = TokenizerArtifact.load(art.path / "tokenizer.json")
     assert reloaded.key == art.key
+    # the content digest is computed from the file's bytes, and recorded in meta.json
+    assert reloaded.digest == hashlib.sha256((art.path / "tokenizer.json").read_bytes()).hexdigest()
+    assert reloaded.digest == art.meta["digest"] == other.digest  # same texts, same settings: same bytes
     enc = reloaded.tokenizer.encode("To be, or not", "that is the question")
     assert enc.tokens[0] == "[CLS]" and enc.tokens.count("[SEP]") == 2
     assert set(enc.type_ids) == {0, 1}
