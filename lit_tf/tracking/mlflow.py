@@ -5,16 +5,24 @@ and `mlruns/artifacts/` (artifact root). `make ui` serves that store on 127.0.0.
 
 Metrics go through Lightning's MLFlowLogger with `synchronous=False`, so a training step never
 waits on the database; params, tags and artifacts are logged once at start/end.
+
+Several processes may share one store (parallel runs, sweep jobs): creating the store's tables
+(schema migration of a fresh `mlflow.db`), the experiment and the run happen under a file lock
+(`mlruns/.lock`); MLflow gives each SQLite session a 20 s busy timeout, and lit_tf's own
+synchronous calls retry with back-off when the store still reports it is locked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
-from collections.abc import Mapping
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -25,11 +33,47 @@ MAX_PARAM_LEN = 6000  # MLflow's limit on a param value (mlflow.utils.validation
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch call
 
 
+T = TypeVar("T")
+
+
 def store_uris(mlruns_dir: str | os.PathLike) -> tuple[str, str]:
     """(tracking_uri, artifact_root) for a local store directory."""
     root = Path(mlruns_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
+
+
+@contextlib.contextmanager
+def store_lock(mlruns_dir: str | os.PathLike) -> Iterator[None]:
+    """Exclusive inter-process lock on a store folder (`<mlruns>/.lock`), for one-time work:
+    creating/migrating the database tables and creating an experiment."""
+    root = Path(mlruns_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a+") as f:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; SQLite's busy timeout still applies
+            yield
+            return
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 6, **kwargs: Any) -> T:
+    """fn(*args, **kwargs), retried with back-off (0.5 s, 1 s, 2 s, ...) while the store reports a
+    transient lock; any other error, or the last attempt's, is raised."""
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if i == attempts - 1 or "locked" not in str(e).lower():
+                raise
+            log.info("MLflow store busy (%s): retrying in %.1fs", str(e).splitlines()[0][:200], 0.5 * 2**i)
+            time.sleep(0.5 * 2**i)
+    raise AssertionError("unreachable")
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -58,7 +102,20 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
 
 class LitTfMLflowLogger(MLFlowLogger):
     """MLFlowLogger with MLflow's real param length limit (Lightning truncates at 250 chars)
-    and run resumption (an existing run id is set back to RUNNING)."""
+    and run resumption: an existing run id is set back to RUNNING, and metric points at steps the
+    run already holds are not logged again (a run resumed from a checkpoint written before a crash
+    recomputes the steps between that checkpoint and the crash; on CPU bit for bit, so the first
+    values stand and each metric's history keeps one point per step)."""
+
+    _logged_until: dict[str, int] | None = None
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:  # type: ignore[override]
+        if self._logged_until:
+            metrics = {k: v for k, v in metrics.items() if (step or 0) > self._logged_until.get(k, -1)}
+            if not metrics:
+                return
+        super().log_metrics(metrics, step)
 
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:  # type: ignore[override]
@@ -73,22 +130,48 @@ class LitTfMLflowLogger(MLFlowLogger):
 
     @rank_zero_only
     def reopen(self) -> None:
-        self.experiment.update_run(self.run_id, status="RUNNING")
+        client = self.experiment
+        with_retry(client.update_run, self.run_id, status="RUNNING")
+        keys = client.get_run(self.run_id).data.metrics
+        self._logged_until = {k: max(m.step for m in client.get_metric_history(self.run_id, k)) for k in keys}
 
 
 def make_logger(
     mlruns_dir: str, experiment_name: str, run_name: str | None, tags: Mapping[str, str], run_id: str | None = None,
 ) -> LitTfMLflowLogger:
     tracking_uri, artifact_root = store_uris(mlruns_dir)
-    logger = LitTfMLflowLogger(
-        experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri, tags=dict(tags),
-        artifact_location=f"{artifact_root}/{experiment_name}", run_id=run_id, synchronous=False,
-    )
+    # The first process to open a fresh store creates its tables (MlflowClient does, in the logger's
+    # constructor), then the experiment: concurrent processes doing either at once fail ("duplicate
+    # column", "UNIQUE constraint failed"), so they take turns.
+    with store_lock(mlruns_dir):
+        logger = with_retry(
+            LitTfMLflowLogger, experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri,
+            tags=dict(tags), artifact_location=f"{artifact_root}/{experiment_name}", run_id=run_id, synchronous=False,
+        )
+        with_retry(lambda: logger.experiment)  # gets/creates the experiment, creates (or finds) the run
     if run_id is not None:
         logger.reopen()
         for k, v in tags.items():
-            logger.experiment.set_tag(run_id, k, v)
+            with_retry(logger.experiment.set_tag, run_id, k, v)
     return logger
+
+
+@rank_zero_only
+def end_run(logger: MLFlowLogger, exc: BaseException, status: str) -> None:
+    """Record how a run ended on an exception: status FAILED or KILLED, the message as the tag
+    `lit_tf.error` (FAILED) or `lit_tf.stopped` (KILLED: Ctrl-C, preemption), and for FAILED the
+    traceback as the artifact `error/traceback.txt`. Never raises (the original error matters more)."""
+    try:
+        client, run_id = logger.experiment, logger.run_id
+        message = f"{type(exc).__name__}: {exc}"[:5000]
+        with_retry(client.set_tag, run_id, "lit_tf.error" if status == "FAILED" else "lit_tf.stopped", message)
+        if status == "FAILED":
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            with_retry(client.log_text, run_id, text, "error/traceback.txt")
+        flush(logger)
+        with_retry(client.set_terminated, run_id, status)
+    except Exception as e:
+        log.warning("could not record the end of MLflow run %s: %s", getattr(logger, "run_id", None), e)
 
 
 @rank_zero_only

@@ -1,0 +1,186 @@
+"""What a run does when something goes wrong: non-finite steps, preemption signals, crashes.
+
+- `NonFiniteGuard`: a non-finite loss or gradient norm either stops the run with an error naming
+  the step (`trainer.nonfinite: stop`) or skips that optimizer step (`skip`: gradients dropped, so
+  the weights and the optimizer state stay as they were; the count is logged as
+  `train/nonfinite_skipped`). A checkpoint holding non-finite weights is never written, so the
+  last good `last.ckpt` survives.
+- `Preemption`: SIGTERM (flagged by Lightning's own handler) or SIGUSR1 (SLURM's `--signal`)
+  writes `last.ckpt` at the end of the current batch, lets that batch's metrics reach the logger
+  and stops with `Preempted` (exit status 128 + signal number); `ckpt_path=last` continues from it. It also records the exception that
+  ended `fit` (Lightning turns Ctrl-C into `SystemExit(1)`), for the run's final status.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+log = logging.getLogger("lit_tf")
+
+NONFINITE_MODES = ("stop", "skip")
+
+
+class NonFiniteError(FloatingPointError):
+    """A non-finite loss, gradient or weight in training (trainer.nonfinite=stop)."""
+
+
+class Preempted(SystemExit):
+    """Training stopped on a preemption signal after writing a checkpoint to resume from."""
+
+    def __init__(self, signame: str, step: int, ckpt: str) -> None:
+        signum = int(getattr(signal, signame, 15))
+        super().__init__(128 + signum)  # the shell's "killed by signal" status: a job script sees non-zero
+        self.signame, self.step, self.ckpt = signame, step, ckpt
+
+    def __str__(self) -> str:
+        return (f"stopped by {self.signame} after step {self.step}; checkpoint {self.ckpt} "
+                "(resume with ckpt_path=last)")
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> str:
+    cb = trainer.checkpoint_callback
+    folder = getattr(cb, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints"
+    name = getattr(cb, "CHECKPOINT_NAME_LAST", "last") + getattr(cb, "FILE_EXTENSION", ".ckpt")
+    return str(Path(folder) / name)
+
+
+def run_status(exc: BaseException, fit_exception: BaseException | None = None) -> str:
+    """MLflow status of a run that ended with `exc`: KILLED for Ctrl-C and preemption, else FAILED.
+
+    `fit_exception` is what ended `Trainer.fit` (`Preemption.exception`): Lightning turns Ctrl-C
+    into `SystemExit(1)` and SIGTERM into `SIGTERMException`, so `exc` alone does not say.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    cause = fit_exception if isinstance(exc, SystemExit) and fit_exception is not None else exc
+    return "KILLED" if isinstance(cause, (KeyboardInterrupt, Preempted, SIGTERMException)) else "FAILED"
+
+
+class NonFiniteGuard(L.Callback):
+    """Stop on (or skip) optimizer steps whose loss or gradient norm is NaN/inf.
+
+    One device->host sync per optimizer step. With `precision=16-mixed` the GradScaler already
+    skips steps with overflowing gradients, so only the loss is checked there.
+    """
+
+    def __init__(self, mode: str = "stop") -> None:
+        if mode not in NONFINITE_MODES:
+            raise ValueError(f"trainer.nonfinite={mode!r}: expected one of {', '.join(NONFINITE_MODES)}")
+        self.mode = mode
+        self.skipped = 0
+        self._loss_ok: torch.Tensor | None = None
+        self._loss: torch.Tensor | None = None
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        ok = torch.isfinite(loss.detach()).all()  # no sync here: checked once per optimizer step
+        if self._loss_ok is None:
+            self._loss_ok, self._loss = ok, loss.detach()
+        else:
+            self._loss_ok = self._loss_ok & ok
+            self._loss = torch.where(ok, self._loss, loss.detach())
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        loss_ok, loss = self._loss_ok, self._loss
+        self._loss_ok = self._loss = None
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        check_grads = bool(grads) and not str(trainer.precision).startswith("16")
+        norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False) if check_grads else None
+        ok = torch.ones((), dtype=torch.bool, device=pl_module.device)
+        if loss_ok is not None:
+            ok = ok & loss_ok.to(ok.device)
+        if norm is not None:
+            ok = ok & torch.isfinite(norm).to(ok.device)
+        if bool(ok):  # the one sync
+            return
+        step = trainer.global_step
+        what = (f"loss ({float(loss):g})" if loss_ok is not None and not bool(loss_ok)
+                else f"gradient norm ({float(norm):g})")
+        if self.mode == "stop":
+            raise NonFiniteError(
+                f"{what} is not finite at training step {step} (trainer.nonfinite=stop): training stopped before "
+                f"this step's update; the last checkpoint ({last_checkpoint_path(trainer)}, if any) is from an "
+                "earlier step. Lower optim.optimizer.lr or raise optim.warmup_steps, or set trainer.nonfinite=skip"
+            )
+        optimizer.zero_grad(set_to_none=True)  # parameters without a grad are left alone by torch optimizers
+        self.skipped += 1
+        log.warning("%s is not finite at training step %d: step skipped (%d so far)", what, step, self.skipped)
+        pl_module.log("train/nonfinite_skipped", float(self.skipped), on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        for name, t in checkpoint.get("state_dict", {}).items():
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise NonFiniteError(
+                    f"weights in {name} are not finite at training step {trainer.global_step}: checkpoint not written, "
+                    f"the previous one ({last_checkpoint_path(trainer)}) is kept"
+                )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+
+
+class Preemption(L.Callback):
+    """Checkpoint and stop at the end of the current batch on SIGTERM or SIGUSR1.
+
+    Lightning already catches SIGTERM (it sets `trainer.received_sigterm` and, without this
+    callback, would exit after the batch *without* a checkpoint); SIGUSR1 is only handled by
+    Lightning under SLURM with auto-requeue, and then its handler still runs (it is chained).
+    """
+
+    def __init__(self) -> None:
+        self.signame: str | None = None
+        self.saved: tuple[str, int, str] | None = None  # (signal, step, checkpoint) once written
+        self.exception: BaseException | None = None  # what ended fit, for the run's final status
+        self._previous: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after Lightning registered its own handlers (Trainer._run), so we see and chain them
+        if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGUSR1)
+            signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signame = signal.Signals(signum).name
+        if callable(self._previous):
+            self._previous(signum, frame)
+
+    def _restore(self) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, self._previous)
+            self._previous = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        signame = self.signame or ("SIGTERM" if trainer.received_sigterm else None)
+        if signame is None or self.saved is not None:
+            return
+        # the same point of the loop as ModelCheckpoint(every_n_train_steps), so it resumes exactly;
+        # the run stops once this batch's metrics are logged (next hook below, or Lightning's SIGTERM exit)
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        self.saved = (signame, trainer.global_step, path)
+
+    def _stop_if_saved(self) -> None:
+        if self.saved is not None:
+            raise Preempted(*self.saved)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._stop_if_saved()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_saved()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.exception = self.exception or exception
+        self._restore()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()

@@ -1,0 +1,41 @@
+"""Test-only callbacks loaded by `train.py` subprocesses through `+callbacks.<name>._target_=...`
+(tests/cli is put on PYTHONPATH): they make a run stop at a known step, so the tests can kill or
+signal it there."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+class BlockAt(L.Callback):
+    """At the start of training step `step`, write `marker` and wait (up to `timeout_s`) for a
+    signal: SIGKILL ends the process here; SIGTERM/SIGUSR1 let it finish this batch (then
+    lit_tf's Preemption callback checkpoints and stops); SIGINT raises KeyboardInterrupt here."""
+
+    def __init__(self, step: int, marker: str, timeout_s: float = 120.0) -> None:
+        self.step, self.marker, self.timeout_s = int(step), Path(marker), float(timeout_s)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step != self.step:
+            return
+        self.marker.write_text(str(trainer.global_step))
+        pre = next(cb for cb in trainer.callbacks if type(cb).__name__ == "Preemption")
+        end = time.monotonic() + self.timeout_s
+        while time.monotonic() < end and not (trainer.received_sigterm or pre.signame):
+            time.sleep(0.02)
+
+
+class NaNGradAt(L.Callback):
+    """Make one parameter's gradient NaN at the given training steps (a transient bad batch)."""
+
+    def __init__(self, steps: list[int]) -> None:
+        self.steps = {int(s) for s in steps}
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step in self.steps:
+            p = next(p for p in pl_module.parameters() if p.grad is not None)
+            p.grad.view(-1)[0] = torch.nan
