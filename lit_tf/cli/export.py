@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from lit_tf.cli.args import parse_kv
+from lit_tf.errors import user_errors
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     from lit_tf.lit.checkpoint import load_checkpoint
     from lit_tf.models.hf import export_hf
 
-    loaded = load_checkpoint(args["ckpt"])
+    with user_errors():  # a missing or foreign checkpoint: one `error:` line
+        loaded = load_checkpoint(args["ckpt"])
     with tempfile.TemporaryDirectory() as tmp:
         tok_file = Path(tmp) / "tokenizer.json"
         loaded.tokenizer.save(str(tok_file))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from lit_tf.cli.args import parse_kv
+from lit_tf.errors import user_errors
 
 OPTIONS = {"ckpt": str, "prompt": str, "max_new_tokens": int, "temperature": float, "top_k": int, "top_p": float,
            "num_samples": int, "seed": int}
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     from lit_tf.lit.checkpoint import load_checkpoint
     from lit_tf.tracking.callbacks import sample_texts
 
-    loaded = load_checkpoint(args["ckpt"])
+    with user_errors():  # a missing or foreign checkpoint: one `error:` line
+        loaded = load_checkpoint(args["ckpt"])
     if loaded.meta["family"] != "gpt":
         raise SystemExit(f"error: {args['ckpt']} holds a {loaded.meta['family']!r} model; generation needs a GPT (causal LM)")
     for i in range(args["num_samples"]):

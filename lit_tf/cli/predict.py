@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from lit_tf.cli.args import parse_kv
+from lit_tf.errors import user_errors
 from lit_tf.lit.predict import predict_lines
 
 OPTIONS = {"ckpt": str, "text": str, "file": str, "top": int, "lang": str}
@@ -25,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: give exactly one of text=... or file=...\n{__doc__}")
     from lit_tf.lit.checkpoint import load_checkpoint
 
-    loaded = load_checkpoint(args["ckpt"])
+    with user_errors():  # a missing or foreign checkpoint: one `error:` line
+        loaded = load_checkpoint(args["ckpt"])
     if loaded.meta.get("task") not in ("seq_cls", "token_cls"):
         raise SystemExit(f"error: {args['ckpt']} is not a fine-tuned classifier (task={loaded.meta.get('task')})")
     if "file" in args:

@@ -26,7 +26,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from lit_tf.data import text
-from lit_tf.data.atomic import atomic_dir
+from lit_tf.data.atomic import build_once
 from lit_tf.data.pretraining import CLMCollator, MLMCollator, PackedBlockDataset, _split_key
 from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler, StreamDataModule, batch_seed
 from lit_tf.data.shards import TokenShard, _is_val_doc, _SplitWriter, build_or_load_shards, token_dtype
@@ -48,6 +48,27 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # parallel text
 # --------------------------------------------------------------------------------------------
+def _count_lines(path: Path) -> int:
+    """Lines as `read_parallel` counts them (split on "\n", no trailing empty line), in 1 MiB reads."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+def check_parallel_files(src_files, tgt_files, *, where: str) -> None:
+    """Before any tokenization: as many source as target files, pairwise with equal line counts."""
+    src_paths, tgt_paths = text.expand_files(src_files, key=f"{where}.src"), text.expand_files(tgt_files, key=f"{where}.tgt")
+    if len(src_paths) != len(tgt_paths):
+        raise text.CorpusError(f"{where}: {len(src_paths)} source files but {len(tgt_paths)} target files")
+    for sp, tp in zip(src_paths, tgt_paths):
+        ns, nt = _count_lines(sp), _count_lines(tp)
+        if ns != nt:
+            raise text.CorpusError(f"{where}: {sp} has {ns} lines but {tp} has {nt}: not aligned")
+
+
 def read_parallel(src_files, tgt_files, *, where: str) -> Iterator[tuple[str, str]]:
     """Yield aligned (src, tgt) lines; a line-count mismatch is an error naming the files."""
     src_paths, tgt_paths = text.expand_files(src_files, key=f"{where}.src"), text.expand_files(tgt_files, key=f"{where}.tgt")
@@ -83,13 +104,12 @@ def build_or_load_parallel(
     """
     exclude_files = [str(f) for f in exclude_files]
     fp = hashlib.sha256(json.dumps([text.fingerprint({"files": list(src_files)}),
-                                    text.fingerprint({"files": list(tgt_files)}), tokenizer.key, val_fraction,
+                                    text.fingerprint({"files": list(tgt_files)}), tokenizer.digest, val_fraction,
                                     max_pairs, text.fingerprint({"files": exclude_files}) if exclude_files else None],
                                    sort_keys=True).encode()).hexdigest()[:16]
     final = cache_dir / f"{name}-{fp}"
-    if (final / "train" / "tgt" / "meta.json").is_file():
-        return final
-    with atomic_dir(final, "train/tgt/meta.json") as out:
+
+    def build(out: Path) -> None:
         dtype = token_dtype(tokenizer.vocab_size)
         splits = ("train", "val") if val_fraction > 0 else ("train",)
         writers = {(sp, side): _SplitWriter(out / sp / side, dtype) for sp in splits for side in ("src", "tgt")}
@@ -120,13 +140,14 @@ def build_or_load_parallel(
                 batch = []
         if batch:
             flush(seen - len(batch))
-        meta = {"version": 1, "tokenizer_key": tokenizer.key, "vocab_size": tokenizer.vocab_size,
+        meta = {"version": 1, "tokenizer_digest": tokenizer.digest, "vocab_size": tokenizer.vocab_size,
                 "special_ids": tokenizer.meta["special_ids"], "dtype": dtype.name, "name": name}
         for (sp, side), w in writers.items():
             w.close(dict(meta, split=sp, side=side))
             if w.n_docs == 0:
                 raise ValueError(f"data.parallel.{name}: no {sp} pairs (files empty or val_fraction too small)")
-    return final
+
+    return build_once(final, "train/tgt/meta.json", build, what=f"parallel shards {name}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,10 +278,12 @@ class CrossLingualDataModule(StreamDataModule):
     data: the `data` config group: `languages`, `mono` ({lang: [files]}), `parallel`
         ({"l1-l2": {src: [...], tgt: [...]}}), `alpha`, tokenizer, max_seq_len, batch sizes.
     objective: the `objective` config group (mlm/tlm/clm terms via `weights`, masking settings).
+    tokenizer: use this tokenizer (e.g. a resumed checkpoint's) instead of `data.tokenizer`.
     """
 
     def __init__(self, data: Mapping, objective: Mapping, *, cache_dir: str, seed: int = 0,
-                 accumulate_grad_batches: int = 1, max_steps: int = -1) -> None:
+                 accumulate_grad_batches: int = 1, max_steps: int = -1,
+                 tokenizer: TokenizerArtifact | None = None) -> None:
         super().__init__()
         self.cfg, self.obj = dict(data), dict(objective)
         self.cache_dir, self.seed = Path(cache_dir), int(seed)
@@ -293,6 +316,7 @@ class CrossLingualDataModule(StreamDataModule):
         if self.use_tlm:
             self.stream_terms.update({pair: "tlm" for pair in self.parallel_files})
         self.tokenizer: TokenizerArtifact | None = None
+        self.given_tokenizer = tokenizer
         self.mono_dirs: dict[str, Path] = {}
         self.para_dirs: dict[str, Path] = {}
         self.train_sets: dict[str, Any] = {}
@@ -329,8 +353,12 @@ class CrossLingualDataModule(StreamDataModule):
     def prepare(self) -> TokenizerArtifact:
         if self.tokenizer is not None:
             return self.tokenizer
+        for pair, files in self.parallel_files.items():  # cheap checks first: nothing is built from bad pairs
+            check_parallel_files(files["src"], files["tgt"], where=f"data.parallel.{pair}")
         tok_cfg = dict(self.cfg.get("tokenizer") or {})
-        if tok_cfg.get("path"):
+        if self.given_tokenizer is not None:
+            self.tokenizer = self.given_tokenizer
+        elif tok_cfg.get("path"):
             self.tokenizer = TokenizerArtifact.load(tok_cfg["path"])
         else:
             spec = TokenizerSpec.from_config(tok_cfg)

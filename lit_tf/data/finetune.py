@@ -312,12 +312,12 @@ class LabelSet:
         return str(label).strip() in self._index
 
     def encode(self, label: object, where: str = "") -> int:
-        """Id of a label; ValueError naming ``where`` (file:line) and the known labels if unseen."""
+        """Id of a label; CorpusError (a ValueError) naming ``where`` (file:line) and the known labels if unseen."""
         try:
             return self._index[str(label).strip()]
         except KeyError:
             prefix = f"{where}: " if where else ""
-            raise ValueError(
+            raise CorpusError(
                 f"{prefix}label {label!r} was not seen in the training data; known labels: {list(self.names)}"
             ) from None
 
@@ -368,7 +368,7 @@ def encode_classification(
     Specials and segment ids come from the tokenizer's post-processor (``[CLS] a [SEP]`` and
     ``[CLS] a [SEP] b [SEP]`` with segments 0/1 for lit_tf tokenizers). Texts are cut
     longest-first so that the whole example has at most ``max_len`` tokens. Labels are checked
-    before any tokenization: an unseen label raises ValueError naming the row's file:line.
+    before any tokenization: an unseen label raises CorpusError naming the row's file:line.
     """
     _check_fields(text_fields, "label")
     pair = len(text_fields) == 2

@@ -28,6 +28,8 @@ import sysconfig
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from lit_tf.errors import LitTfError
+
 Document = list[str]
 
 # Split after sentence-final punctuation followed by whitespace and an upper-case letter, digit
@@ -35,8 +37,28 @@ Document = list[str]
 _SENT_END = re.compile(r"(?<=[.!?])\s+(?=[\"'¿¡(\[A-ZÁÉÍÓÚÑÜÀÈÌÒÙÂÊÎÔÛÇ0-9])")
 
 
-class CorpusError(ValueError):
+class CorpusError(LitTfError):
     """Bad corpus input; the message names the file (and line) at fault."""
+
+
+# Longest line a .txt/.jsonl corpus may have (characters). Lines are read at most this far, so a
+# file without line structure (a 50 MB single line, minified or binary data) fails at once with
+# its file:line instead of being loaded whole and tokenized as one document. 4M characters is a
+# long book on one line: every real corpus with a paragraph or a document per line fits.
+MAX_LINE_CHARS = 1 << 22
+
+
+def _read_lines(f, path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of an open text file, refusing a line longer than MAX_LINE_CHARS."""
+    lineno = 0
+    while raw := f.readline(MAX_LINE_CHARS + 1):
+        lineno += 1
+        if len(raw) > MAX_LINE_CHARS and not raw.endswith("\n"):
+            raise CorpusError(
+                f"{path}:{lineno}: line longer than {MAX_LINE_CHARS:,} characters (the limit is "
+                "lit_tf.data.text.MAX_LINE_CHARS); expected text with one paragraph or document per line"
+            )
+        yield lineno, raw
 
 
 def split_sentences(text: str) -> list[str]:
@@ -67,14 +89,18 @@ def expand_files(patterns: Sequence[str] | str, *, key: str = "files") -> list[P
             raise CorpusError(f"{key}: no file matches {pat!r} (cwd={os.getcwd()})")
         out.extend(Path(h).resolve() for h in hits)
     seen: set[Path] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
+    out = [p for p in out if not (p in seen or seen.add(p))]
+    if all(p.stat().st_size == 0 for p in out):
+        shown = ", ".join(str(p) for p in out[:3]) + (f" and {len(out) - 3} more" if len(out) > 3 else "")
+        raise CorpusError(f"{key}: {shown}: empty file{'s' if len(out) > 1 else ''}; expected text")
+    return out
 
 
 def _iter_txt(path: Path, doc_per_line: bool = False) -> Iterator[Document]:
     block: list[str] = []
     with open(path, encoding="utf-8", newline="\n") as f:
         try:
-            for raw in f:
+            for _, raw in _read_lines(f, path):
                 line = raw.rstrip("\n").strip()
                 if line and doc_per_line:
                     doc = _doc_from_lines([line])
@@ -97,7 +123,7 @@ def _iter_txt(path: Path, doc_per_line: bool = False) -> Iterator[Document]:
 
 def _iter_jsonl(path: Path, text_field: str) -> Iterator[Document]:
     with open(path, encoding="utf-8", newline="\n") as f:
-        for lineno, raw in enumerate(f, start=1):
+        for lineno, raw in _read_lines(f, path):
             if not raw.strip():
                 continue
             try:

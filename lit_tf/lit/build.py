@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from lit_tf.errors import LitTfError
 from lit_tf.models import (
     BertConfig,
     BertForPreTraining,
@@ -44,9 +45,9 @@ def model_config(model_cfg: Mapping[str, Any], vocab_size: int, pad_id: int = 0,
     cfg = dict(model_cfg)
     family = cfg.pop("family", None)
     if family not in FAMILIES:
-        raise ValueError(f"model.family={family!r} is not one of {sorted(FAMILIES)}")
+        raise LitTfError(f"model.family={family!r} is not one of {sorted(FAMILIES)}")
     if cfg.get("vocab_size") not in (None, vocab_size):
-        raise ValueError(
+        raise LitTfError(
             f"model.vocab_size={cfg['vocab_size']} disagrees with the tokenizer ({vocab_size}); "
             "leave it unset: it comes from the tokenizer artifact"
         )
@@ -55,7 +56,7 @@ def model_config(model_cfg: Mapping[str, Any], vocab_size: int, pad_id: int = 0,
     try:
         return family, config_cls.from_dict(cfg)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"model: {e}") from e
+        raise LitTfError(f"model: {e}") from e
 
 
 def build_model(

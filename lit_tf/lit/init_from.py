@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 from tokenizers import Tokenizer
 from torch import nn
 
+from lit_tf.errors import CheckpointError, LitTfError
 from lit_tf.lit.build import FAMILIES, HEADS
 from lit_tf.lit.checkpoint import load_checkpoint
 
@@ -40,11 +42,11 @@ class InitSource:
 
 
 def _from_checkpoint(path: str | Path, kind: str = "checkpoint", parent: str | None = None) -> InitSource:
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path, key="init_from")
     family = loaded.meta["family"]
     if family not in ("bert", "xlm"):
-        raise ValueError(f"init_from={path}: a {family!r} model cannot be fine-tuned for classification; "
-                         "use an encoder (bert or xlm) checkpoint")
+        raise CheckpointError(f"init_from={path}: a {family!r} model cannot be fine-tuned for classification; "
+                              "use an encoder (bert or xlm) checkpoint")
     return InitSource(kind, family, loaded.model.cfg, getattr(loaded.model, family), loaded.tokenizer,
                       list(loaded.meta.get("languages") or []), parent, path=str(path))
 
@@ -58,10 +60,10 @@ def _from_mlflow_run(run_id: str, mlruns_dir: str) -> InitSource:
     try:
         client.get_run(run_id)
     except Exception as e:  # MlflowException: not found
-        raise ValueError(f"init_from={run_id}: no such MLflow run in {mlruns_dir}") from e
+        raise LitTfError(f"init_from={run_id}: no such MLflow run in {mlruns_dir}") from e
     ckpts = [f.path for f in client.list_artifacts(run_id, "checkpoints") if f.path.endswith(".ckpt")]
     if not ckpts:
-        raise ValueError(f"init_from={run_id}: that run logged no checkpoint artifact (logger.mlflow.log_checkpoint)")
+        raise LitTfError(f"init_from={run_id}: that run logged no checkpoint artifact (logger.mlflow.log_checkpoint)")
     local = client.download_artifacts(run_id, ckpts[0], tempfile.mkdtemp(prefix="lit_tf_init_"))
     return _from_checkpoint(local, "mlflow_run", parent=run_id)
 
@@ -74,12 +76,41 @@ def resolve_init(init_from: str | None, mlruns_dir: str) -> InitSource:
     if path.is_file():
         return _from_checkpoint(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"init_from={spec}: a directory needs config.json (a Hugging Face model dir)")
+        _check_hf_dir(path, spec)
         return InitSource("hf", hf_dir=path, path=str(path))
     if RUN_ID.match(spec):
         return _from_mlflow_run(spec, mlruns_dir)
-    raise ValueError(f"init_from={spec!r}: not a checkpoint file, a model directory or an MLflow run id")
+    raise LitTfError(f"init_from={spec}: no such file or directory, and not an MLflow run id; expected a .ckpt "
+                     "written by train.py, a Hugging Face model directory or a 32-hex MLflow run id")
+
+
+def _check_hf_dir(path: Path, spec: str) -> None:
+    """A local HF model dir we can fine-tune: config.json naming a supported encoder, weights, tokenizer.json."""
+    from lit_tf.models.hf import SUPPORTED_ARCHITECTURES, architecture_family
+
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise LitTfError(f"init_from={spec}: a directory needs config.json (a Hugging Face model dir)")
+    try:
+        hf_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LitTfError(f"init_from={spec}: {config_file} is not valid JSON ({e})") from None
+    if not isinstance(hf_config, dict):
+        raise LitTfError(f"init_from={spec}: {config_file} must hold a JSON object")
+    archs = hf_config.get("architectures") or []
+    families = {architecture_family(a) for a in archs}
+    if len(archs) != 1 or not families <= {"bert", "xlm"}:
+        what = f"architectures {archs}" if archs else "no 'architectures'"
+        model_type = f" (model_type {hf_config['model_type']!r})" if hf_config.get("model_type") else ""
+        supported = [a for a in SUPPORTED_ARCHITECTURES if architecture_family(a) in ("bert", "xlm")]
+        raise LitTfError(f"init_from={spec}: {config_file} has {what}{model_type}; fine-tuning needs one "
+                         f"BERT or XLM encoder architecture: {', '.join(supported)}")
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    if not any((path / w).is_file() for w in weights):
+        raise LitTfError(f"init_from={spec}: no weights in the directory (expected one of {list(weights)})")
+    if not (path / "tokenizer.json").is_file():
+        raise LitTfError(f"init_from={spec}: no tokenizer.json in the model directory (a fast-tokenizer file "
+                         "is needed to tokenize the fine-tuning data)")
 
 
 def build_classifier(init: InitSource, task: str, num_labels: int, model_cfg: dict | None = None,
@@ -94,7 +125,7 @@ def build_classifier(init: InitSource, task: str, num_labels: int, model_cfg: di
         cfg = dict(model_cfg or {})
         family = cfg.pop("family", "bert")
         if family not in ("bert", "xlm"):
-            raise ValueError(f"model.family={family!r}: fine-tuning from scratch needs an encoder (bert or xlm)")
+            raise LitTfError(f"model.family={family!r}: fine-tuning from scratch needs an encoder (bert or xlm)")
         cfg.update(vocab_size=vocab_size, pad_id=pad_id)
         config = FAMILIES[family][0].from_dict(cfg)
         cls, _ = HEADS[(family, task)]
@@ -103,3 +134,18 @@ def build_classifier(init: InitSource, task: str, num_labels: int, model_cfg: di
     model = cls(init.config, num_labels)
     getattr(model, attr).load_state_dict(init.encoder.state_dict())
     return model, init.tokenizer
+
+
+def check_max_seq_len(init: InitSource, max_seq_len: int) -> None:
+    """`data.max_seq_len` must fit the position table of the encoder fine-tuning starts from."""
+    if init.kind in ("checkpoint", "mlflow_run"):
+        limit, source = init.config.max_seq_len, f"the checkpoint's model.max_seq_len={init.config.max_seq_len}"
+    elif init.kind == "hf":
+        hf_config = json.loads((init.hf_dir / "config.json").read_text(encoding="utf-8"))
+        limit = hf_config.get("max_position_embeddings")
+        source = f"max_position_embeddings={limit} in {init.hf_dir / 'config.json'}"
+    else:
+        return  # scratch: checked against model.max_seq_len before the run starts
+    if limit is not None and int(max_seq_len) > int(limit):
+        raise LitTfError(f"data.max_seq_len={max_seq_len} exceeds {source} (init_from={init.path}): "
+                         f"set data.max_seq_len<={limit}")

@@ -283,6 +283,11 @@ _ARCHS: dict[str, _Arch] = {
 }
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(_ARCHS)
 
+
+def architecture_family(arch: str) -> str | None:
+    """The lit_tf family ("bert", "gpt", "xlm") of a supported HF architecture name, else None."""
+    return _ARCHS[arch].family if arch in _ARCHS else None
+
 # lit_tf task -> HF architecture written on export, per family.
 _EXPORT_ARCH = {
     ("bert", "encoder"): "BertModel",

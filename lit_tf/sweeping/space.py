@@ -27,11 +27,13 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from lit_tf.errors import LitTfError
+
 SPACE_TAGS = frozenset({"log", "int"})
 CategoricalValue = None | bool | int | float | str
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(LitTfError):
     """A `params:` entry that cannot become an Optuna distribution (the message names the key)."""
 
 

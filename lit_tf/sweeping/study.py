@@ -23,6 +23,8 @@ import optuna
 from omegaconf import ListConfig
 from optuna.trial import TrialState
 
+from lit_tf.errors import LitTfError
+
 DEFAULT_JOURNAL = "optuna.journal"
 JOURNAL_SCHEME = "journal://"
 
@@ -35,7 +37,7 @@ ATTR_PRUNED_STEP = "lit_tf.pruned_step"
 STUDY_ATTR_PARENT_RUN = "lit_tf.mlflow_parent_run_id"
 
 
-class StudyConfigError(ValueError):
+class StudyConfigError(LitTfError):
     """A study setting that cannot work (the message names the key)."""
 
 
@@ -253,3 +255,48 @@ def counts(study: optuna.Study) -> dict[str, int]:
 
 def finite_values(values: list[float]) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+# ---------------------------------------------------------------------------------- search space
+STUDY_ATTR_SPACE = "lit_tf.search_space"  # the study's distributions, as Optuna JSON, set on first use
+
+
+def _show_distribution(d: optuna.distributions.BaseDistribution) -> str:
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return f"choice{tuple(d.choices)}"
+    kind = "int" if isinstance(d, optuna.distributions.IntDistribution) else "float"
+    step = f", step {d.step}" if d.step not in (None, 1) else ""
+    return f"{kind} [{d.low}, {d.high}]{' log' if d.log else ''}{step}"
+
+
+def check_search_space(study: optuna.Study, distributions: Mapping[str, optuna.distributions.BaseDistribution],
+                       shown: str) -> None:
+    """A study has one search space: a re-run (resume) must search the same keys with the same
+    distributions, or its trials would mix incomparable points. The first run records the space on
+    the study; studies from before that are compared with their trials' distributions."""
+    from optuna.distributions import distribution_to_json, json_to_distribution
+
+    recorded = study.user_attrs.get(STUDY_ATTR_SPACE)
+    if recorded is not None:
+        stored = {k: json_to_distribution(v) for k, v in recorded.items()}
+    else:
+        stored = {}
+        for t in study.get_trials(deepcopy=False):
+            for k, d in t.distributions.items():
+                stored.setdefault(k, d)
+    diffs = []
+    for key in sorted(set(stored) | set(distributions)) if stored else ():
+        old, new = stored.get(key), distributions.get(key)
+        if old is None:
+            diffs.append(f"params.{key}: not in the stored trials (now {_show_distribution(new)})")
+        elif new is None:
+            diffs.append(f"params.{key}: in the stored trials ({_show_distribution(old)}) but not in this sweep")
+        elif old != new:
+            diffs.append(f"params.{key}: stored {_show_distribution(old)}, now {_show_distribution(new)}")
+    if diffs:
+        raise StudyConfigError(
+            f"study '{study.study_name}' in {shown} was run with a different search space: " + "; ".join(diffs),
+            hint="give this search space a new study_name (hydra.sweeper.study_name=...) or storage, "
+                 "or restore the study's params to resume it")
+    if recorded is None:
+        study.set_user_attr(STUDY_ATTR_SPACE, {k: distribution_to_json(d) for k, d in distributions.items()})

@@ -47,7 +47,7 @@ def test_finetune_from_mlflow_run_keeps_lineage_and_reports(compose, pretrained,
     report = json.loads((Path(m["output_dir"]) / "reports" / "test.json").read_text())
     assert sum(map(sum, report["confusion"])) == 100  # every test example counted once (smoke: 100)
     # the encoder really came from the pretraining checkpoint
-    ft = torch.load(m["last_ckpt"], map_location="cpu", weights_only=False)
+    ft = torch.load(m["last_ckpt"], map_location="cpu", weights_only=True)
     assert ft["lit_tf"]["model_config"]["d_model"] == 32 and ft["lit_tf"]["labels"] == ["0", "1"]
 
     # the best model is an MLflow pyfunc model
