@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
+PORT ?= 5000
 
 .PHONY: train test test-all ui lint install clean
 
@@ -29,7 +30,7 @@ test-all: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--default-artifact-root file://$(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000
+		--default-artifact-root file://$(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check lit_tf hydra_plugins tests train.py benchmarks

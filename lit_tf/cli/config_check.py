@@ -14,10 +14,13 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+import lit_tf.resolvers  # noqa: F401  (${lit_tf.cwd:} in conf/paths)
+from lit_tf.errors import LitTfError
+
 _MISSING = object()
 
 
-class ConfigError(ValueError):
+class ConfigError(LitTfError):
     """A bad config key or value; the message names the key and what was expected."""
 
 
@@ -132,5 +135,7 @@ def check_overrides(overrides: Sequence[str], config_dir: str | Path, config_nam
                 problems.append(
                     f"config key '{key}' expects {_type_name(raw)} (default: {raw!r}) but got {v!r} ({_type_name(v)})"
                 )
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
     if problems:
         raise ConfigError("invalid overrides:\n  - " + "\n  - ".join(problems))

@@ -18,7 +18,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lit_tf.cli.config_check import ConfigError, check_overrides
+from lit_tf.cli.config_check import check_overrides
+from lit_tf.errors import CheckpointError, traceback_requested, user_errors
 
 log = logging.getLogger("lit_tf")
 
@@ -32,9 +33,9 @@ RUN_FILE = "run.json"  # sidecar in each run's output dir: MLflow run id, tokeni
 def find_last_checkpoint(runs_root: Path) -> Path:
     cands = sorted(runs_root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     if not cands:
-        raise FileNotFoundError(
-            f"ckpt_path=last: no checkpoint found under {runs_root}/*/checkpoints/last.ckpt "
-            "(train this experiment once first, or give ckpt_path=/path/to/file.ckpt)"
+        raise CheckpointError(
+            f"ckpt_path=last: no checkpoint found under {runs_root}/*/checkpoints/last.ckpt",
+            hint="train this experiment once first, or give ckpt_path=/path/to/file.ckpt",
         )
     return cands[-1]
 
@@ -43,9 +44,12 @@ def resolve_checkpoint(ckpt_path: str | None, runs_root: Path) -> tuple[Path | N
     """(checkpoint file, the run sidecar of the run that wrote it — {} if unknown)."""
     if not ckpt_path:
         return None, {}
+    from lit_tf.lit.checkpoint import read_checkpoint
+
     path = find_last_checkpoint(runs_root) if ckpt_path == "last" else Path(ckpt_path).expanduser().resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: {path} does not exist")
+    # weights-only and memory-mapped: a cheap check that Lightning will be able to resume from it
+    read_checkpoint(path, "ckpt_path", mmap=True,
+                    require=("state_dict", "loops", "optimizer_states", "pytorch-lightning_version"))
     sidecar = path.parent.parent / RUN_FILE
     return path, (json.loads(sidecar.read_text()) if sidecar.is_file() else {})
 
@@ -89,7 +93,7 @@ def _instantiate_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list:
     for name, cb_cfg in (cfg.get("callbacks") or {}).items():
         if cb_cfg is None or "_target_" not in cb_cfg:
             continue
-        kwargs = {"dirpath": str(ckpt_dir)} if name == "model_checkpoint" else {}
+        kwargs = {"dirpath": str(ckpt_dir)} if name in ("model_checkpoint", "last_checkpoint") else {}
         callbacks.append(hydra.utils.instantiate(cb_cfg, **kwargs))
     return callbacks
 
@@ -124,15 +128,23 @@ class _Built:
     tags: dict = field(default_factory=dict)
 
 
-def _build_pretraining(cfg: DictConfig, trainer_cfg: dict, objective_cfg: dict) -> _Built:
+def _build_pretraining(
+    cfg: DictConfig, trainer_cfg: dict, objective_cfg: dict, ckpt_file: Path | None = None
+) -> _Built:
     from lit_tf.data.datamodule import build_datamodule
     from lit_tf.data.tokenizer import PAD
     from lit_tf.lit.build import build_model, build_objective
+    from lit_tf.lit.checkpoint import resume_tokenizer
 
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    # A resumed run keeps the tokenizer stored in its checkpoint (shards are keyed by its content).
+    given = (resume_tokenizer(ckpt_file, Path(cfg.paths.cache_dir) / "tokenizers",
+                              (data.get("tokenizer") or {}).get("path"))
+             if ckpt_file is not None else None)
     dm = build_datamodule(
-        OmegaConf.to_container(cfg.data, resolve=True), objective_cfg, cache_dir=str(cfg.paths.cache_dir),
+        data, objective_cfg, cache_dir=str(cfg.paths.cache_dir),
         seed=int(cfg.seed), accumulate_grad_batches=int(trainer_cfg.get("accumulate_grad_batches", 1)),
-        max_steps=int(trainer_cfg.get("max_steps", -1)),
+        max_steps=int(trainer_cfg.get("max_steps", -1)), tokenizer=given,
     )
     tok = dm.prepare()
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -144,23 +156,29 @@ def _build_pretraining(cfg: DictConfig, trainer_cfg: dict, objective_cfg: dict) 
     model = build_model(model_cfg, objective_cfg, tok.vocab_size, pad_id=tok.special_id(PAD), languages=languages)
     objective = build_objective(objective_cfg, model, streams=getattr(dm, "val_streams", None),
                                 n_langs=max(2, len(languages)))
-    return _Built(dm, model, objective, model_cfg["family"], tok.key, tok.tokenizer.to_str(),
+    # tokenizer_key: the content digest of the tokenizer.json stored in checkpoints (not its settings)
+    return _Built(dm, model, objective, model_cfg["family"], tok.digest[:16], tok.json_text,
                   meta={"languages": languages})
 
 
-def _build_finetuning(cfg: DictConfig, trainer_cfg: dict, objective_cfg: dict) -> _Built:
+def _build_finetuning(
+    cfg: DictConfig, trainer_cfg: dict, objective_cfg: dict, ckpt_file: Path | None = None
+) -> _Built:
     """Encoder from `init_from` (checkpoint, MLflow run, HF dir) or scratch + a classification head."""
     import hashlib
 
     from lit_tf.data.finetune_module import FineTuneDataModule
     from lit_tf.data.tokenizer import PAD, TokenizerSpec, train_tokenizer
     from lit_tf.lit.build import build_objective
-    from lit_tf.lit.init_from import build_classifier, resolve_init
+    from lit_tf.lit.checkpoint import check_tokenizer_path, resume_tokenizer
+    from lit_tf.lit.init_from import build_classifier, check_max_seq_len, resolve_init
     from lit_tf.lit.metrics import ClassificationMetrics, TaggingMetrics
 
     task = objective_cfg["name"]
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    given_path = (data.get("tokenizer") or {}).get("path")  # data.tokenizer.path
     init = resolve_init(cfg.get("init_from"), str(cfg.paths.mlruns_dir))
+    check_max_seq_len(init, int(data["max_seq_len"]))
     tokenizer = init.tokenizer
     if init.kind == "hf":
         from lit_tf.models.hf import import_hf
@@ -168,8 +186,17 @@ def _build_finetuning(cfg: DictConfig, trainer_cfg: dict, objective_cfg: dict) -
         _, tokenizer = import_hf(init.hf_dir, task=None)
         if tokenizer is None:
             raise ValueError(f"init_from={init.hf_dir}: no tokenizer.json in the model directory")
+    if tokenizer is not None:  # the encoder's own vocabulary: data.tokenizer.path may only name it again
+        check_tokenizer_path(given_path, tokenizer.to_str(), f"init_from={init.path}",
+                             "a pretrained encoder keeps its vocabulary: drop data.tokenizer.path")
+    if ckpt_file is not None:  # a resumed run keeps the tokenizer stored in its checkpoint
+        tokenizer = resume_tokenizer(ckpt_file, Path(cfg.paths.cache_dir) / "tokenizers", given_path).tokenizer
     kwargs = {"seed": int(cfg.seed), "accumulate_grad_batches": int(trainer_cfg.get("accumulate_grad_batches", 1)),
               "max_steps": int(trainer_cfg.get("max_steps", -1))}
+    if tokenizer is None and given_path:  # scratch baseline on a tokenizer the user brings
+        from lit_tf.data.tokenizer import TokenizerArtifact
+
+        tokenizer = TokenizerArtifact.load(given_path).tokenizer
     if tokenizer is None:  # scratch baseline: a tokenizer trained on the fine-tuning text
         probe = FineTuneDataModule(data, task, tokenizer=None, **kwargs)
         rows = probe._read("train", data["train"])
@@ -241,22 +268,68 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
 
     `callbacks` are added to those the config names. Launched by lit_tf's Optuna sweeper
     (`trial.number` set), the run also reports to its trial and stops early when pruned.
+    Config values that cannot work raise a LitTfError before any data is read.
     """
+    from lit_tf.lit.validate import check_run_config
     from lit_tf.sweeping.trial import job_trial, trial_process_scope
+
+    check_run_config(*(OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "objective")),
+                     init_from=cfg.get("init_from"))
+    resolve_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.runs_root))  # a bad ckpt_path fails before any work
 
     trial = job_trial(cfg)  # this job's Optuna trial when a sweep launched it (sets its GPU first)
     if trial is None:
-        return _train(cfg, list(callbacks or []), None)
-    with trial_process_scope():
-        return _train(cfg, list(callbacks or []), trial)
+        with _RunEnd() as run_end:
+            return _train(cfg, list(callbacks or []), None, run_end)
+    with trial_process_scope(), _RunEnd() as run_end:
+        return _train(cfg, list(callbacks or []), trial, run_end)
 
 
-def _train(cfg: DictConfig, callbacks: list, trial) -> dict[str, Any]:
+class _RunEnd:
+    """On an exception out of `_train`: the MLflow run ends FAILED (message tag + traceback
+    artifact) or KILLED (Ctrl-C, preemption), whatever raised it (see lit_tf.lit.failure)."""
+
+    def __init__(self) -> None:
+        self.logger = None  # set by _train once the run exists
+        self.preemption = None
+
+    def __enter__(self) -> _RunEnd:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            return
+        from lit_tf.lit.failure import Preempted, run_status
+
+        fit_exc = getattr(self.preemption, "exception", None)
+        saved = getattr(self.preemption, "saved", None)
+        if saved is not None and not isinstance(exc, Preempted):  # Lightning's own SIGTERM exit, after our save
+            preempted = Preempted(*saved)
+            self.__exit__(Preempted, preempted, None)
+            raise preempted from exc
+        # Lightning turns Ctrl-C into SystemExit(1): record what really ended fit
+        cause = fit_exc if isinstance(exc, SystemExit) and not isinstance(exc, Preempted) and fit_exc else exc
+        status = run_status(cause)
+        if self.logger is not None:
+            from lit_tf.tracking import mlflow as tracking
+
+            tracking.end_run(self.logger, cause, status)
+        if isinstance(exc, Preempted):
+            print(f"lit_tf: {exc}", file=sys.stderr, flush=True)
+        elif isinstance(exc, SystemExit) and status == "KILLED" and not exc.code:
+            # Lightning's SIGTERM outside a training batch (e.g. during validation) exits with status 0
+            print("lit_tf: stopped by SIGTERM outside a training batch: no checkpoint written; "
+                  "ckpt_path=last resumes from the last periodic one", file=sys.stderr, flush=True)
+            raise SystemExit(143) from exc
+
+
+def _train(cfg: DictConfig, callbacks: list, trial, run_end: _RunEnd | None = None) -> dict[str, Any]:
     import lightning as L
     import torch
 
     from lit_tf import __version__
     from lit_tf.lit.build import parameter_counts
+    from lit_tf.lit.checkpoint import safe_loading
     from lit_tf.lit.module import LitModule
     from lit_tf.sweeping.trial import process_rank
     from lit_tf.tracking import mlflow as tracking
@@ -275,14 +348,15 @@ def _train(cfg: DictConfig, callbacks: list, trial) -> dict[str, Any]:
     ckpt_dir = ckpt_file.parent if ckpt_file is not None else out_dir / "checkpoints"
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    nonfinite = str(trainer_cfg.pop("nonfinite", None) or "stop")  # lit_tf's key, not a Trainer argument
+    from lit_tf.lit.failure import NONFINITE_MODES
+
+    if nonfinite not in NONFINITE_MODES:  # before any heavy work
+        raise ValueError(f"trainer.nonfinite={nonfinite!r}: expected one of {', '.join(NONFINITE_MODES)}")
     objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
     build = _build_finetuning if objective_cfg.get("name") in ("seq_cls", "token_cls") else _build_pretraining
-    b = build(cfg, trainer_cfg, objective_cfg)
-    if prev_run.get("tokenizer_key") not in (None, b.tokenizer_key):
-        raise ValueError(
-            f"ckpt_path: the checkpoint was trained with tokenizer {prev_run['tokenizer_key']} but this config "
-            f"builds {b.tokenizer_key}: resume with the same data.tokenizer settings and corpus"
-        )
+    # resuming: the builders take the tokenizer stored in the checkpoint, so it cannot differ
+    b = build(cfg, trainer_cfg, objective_cfg, ckpt_file)
     dm, model = b.datamodule, b.model
     b.meta.update(family=b.family, model_config=model.cfg.to_dict(), objective=objective_cfg,
                   tokenizer_key=b.tokenizer_key, tokenizer_json=b.tokenizer_json, lit_tf_version=__version__)
@@ -310,6 +384,8 @@ def _train(cfg: DictConfig, callbacks: list, trial) -> dict[str, Any]:
             cfg.get("run_name") or mcfg.get("run_name") or f"{cfg.name}-{out_dir.name}", tags,
             run_id=prev_run.get("mlflow_run_id"),
         )
+        if run_end is not None:
+            run_end.logger = logger
         resolved = OmegaConf.to_container(_job_config(cfg), resolve=True)
         tracking.log_text(logger, OmegaConf.to_yaml(resolved), "config/config.yaml")
         tracking.log_params_now(logger, {**resolved, "model_stats": parameter_counts(model),
@@ -324,9 +400,17 @@ def _train(cfg: DictConfig, callbacks: list, trial) -> dict[str, Any]:
             _write_json_atomic(ckpt_dir.parent / RUN_FILE, run_info)
         OmegaConf.save(_job_config(cfg), out_dir / "config.yaml", resolve=False)
 
-    trainer = L.Trainer(**trainer_cfg, logger=logger if logger else False,
-                        callbacks=_instantiate_callbacks(cfg, ckpt_dir) + callbacks, default_root_dir=str(out_dir))
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_file) if ckpt_file else None)
+    from lit_tf.lit.checkpoint_io import AtomicCheckpointIO
+    from lit_tf.lit.failure import NonFiniteGuard, Preemption
+
+    guards = [NonFiniteGuard(nonfinite), Preemption()]
+    if run_end is not None:
+        run_end.preemption = guards[1]
+    trainer = L.Trainer(**trainer_cfg, logger=logger if logger else False, plugins=[AtomicCheckpointIO()],
+                        callbacks=_instantiate_callbacks(cfg, ckpt_dir) + guards + callbacks,
+                        default_root_dir=str(out_dir))
+    with safe_loading():  # Lightning's own checkpoint loads are weights-only too
+        trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_file) if ckpt_file else None, weights_only=True)
 
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or ""
@@ -336,7 +420,8 @@ def _train(cfg: DictConfig, callbacks: list, trial) -> dict[str, Any]:
     if pruned_step is not None:
         metrics["pruned_step"] = pruned_step
     if getattr(dm, "test_streams", None) and pruned_step is None:  # fine-tuning: test metrics come from the best checkpoint
-        trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+        with safe_loading():
+            trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False, weights_only=True)
         metrics.update(_final_metrics(trainer))
         _write_reports(module, out_dir, logger)
         if logger is not None and best and cfg.logger.mlflow.get("log_model", True) and trainer.is_global_zero:
@@ -379,7 +464,12 @@ def _print_summary(cfg: DictConfig, m: dict, logger) -> None:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | dict | None:
-    metrics = train(cfg)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    # A single run shows a user error as one line; in a multirun the sweeper records it per job.
+    with user_errors(enabled=HydraConfig.get().mode == RunMode.RUN):
+        metrics = train(cfg)
     if cfg.get("trial") and cfg.trial.get("number") is not None:
         return metrics  # lit_tf's Optuna sweeper picks its objective(s) and the pruning outcome
     target = cfg.get("optimized_metric")
@@ -388,12 +478,11 @@ def _hydra_main(cfg: DictConfig) -> float | dict | None:
 
 def main() -> None:
     args = sys.argv[1:]
+    if traceback_requested():  # LIT_TF_TRACEBACK=1: Hydra shows complete tracebacks too
+        os.environ["HYDRA_FULL_ERROR"] = "1"
     if not any(a in ("-h", "--help", "--hydra-help", "--info", "--cfg", "-c") for a in args):
-        try:
+        with user_errors():
             check_overrides([a for a in args if not a.startswith("-")], CONFIG_DIR)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
     _hydra_main()
 
 

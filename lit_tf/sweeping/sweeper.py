@@ -27,6 +27,8 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
+import lit_tf.resolvers  # noqa: F401  (${lit_tf.cwd:}: the sweep folder resolves before any job runs)
+from lit_tf.errors import user_errors
 from lit_tf.sweeping import space as sp
 from lit_tf.sweeping import study as st
 
@@ -62,8 +64,9 @@ class LitTfOptunaSweeper(Sweeper):
     def __init__(self, study_name: str, dir: str, metric: Any = None, direction: Any = "minimize",
                  storage: str | None = None, sampler: Any = "tpe", pruner: Any = "none", n_trials: int = 20,
                  n_jobs: int = 1, max_failure_rate: float = 0.5, gpus: Any = None, params: Any = None,
-                 enqueue: Any = None, seed: int | None = None):
+                 enqueue: Any = None, seed: int | None = None, debug_n_trials: int = 3):
         self.study_name = str(study_name)
+        self.debug_n_trials = int(debug_n_trials)
         self.dir = dir
         self.metrics, self.directions = st.objectives(metric, direction)
         self.storage = storage
@@ -90,10 +93,25 @@ class LitTfOptunaSweeper(Sweeper):
         self.hydra_context = hydra_context
         self.config = config
         self.sweep_dir = Path(str(self.dir)).expanduser().resolve()
+        self._debug_variant(config)
         with open_dict(config):  # one stable folder per study: what makes `re-run to resume` possible
             config.hydra.sweep.dir = str(self.sweep_dir)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _debug_variant(self, config: DictConfig) -> None:
+        """`python train.py -m sweep=NAME debug=smoke`: a quick check of a real study. Its trials are
+        shrunk by the debug config, so they must not join the real study: they go to study
+        `NAME-smoke` (folder `<dir>-smoke`), and at most `debug_n_trials` of them run. A study file
+        that selects the debug config itself (sweeps/smoke.yaml) is already a debug study."""
+        debug = OmegaConf.select(config, "hydra.runtime.choices.debug", default=None)
+        if not debug or debug == "null" or self.study_name.endswith(str(debug)):
+            return
+        self.study_name = f"{self.study_name}-{debug}"
+        self.sweep_dir = self.sweep_dir.with_name(f"{self.sweep_dir.name}-{debug}")
+        if self.n_trials > self.debug_n_trials:
+            self._print(f"debug={debug}: study '{self.study_name}', n_trials {self.n_trials} -> {self.debug_n_trials}")
+            self.n_trials = self.debug_n_trials
 
     # ------------------------------------------------------------------------------- helpers
     def _split_arguments(self, arguments: list[str]) -> tuple[list[str], sp.SearchSpace]:
@@ -147,6 +165,12 @@ class LitTfOptunaSweeper(Sweeper):
 
     # ------------------------------------------------------------------------------- sweep
     def sweep(self, arguments: list[str]) -> Any:
+        # A bad study setting (search space, storage, a reused study name) is the user's: one
+        # `error:` line. Trial failures never get here: the launcher returns them to _tell.
+        with user_errors():
+            return self._sweep(arguments)
+
+    def _sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
         base, space = self._split_arguments(list(arguments))
         if not space.distributions:
@@ -169,6 +193,9 @@ class LitTfOptunaSweeper(Sweeper):
                 self._print(f"grid has {n_grid} points: n_trials {n_trials} -> {n_grid}")
                 n_trials = n_grid
 
+        if self.study_name in optuna.get_all_study_names(storage):  # check a resumed study before writing to it
+            st.check_search_space(optuna.load_study(study_name=self.study_name, storage=storage),
+                                  space.distributions, self.spec_shown)
         study = optuna.create_study(storage=storage, study_name=self.study_name, sampler=sampler, pruner=pruner,
                                     directions=self.directions, load_if_exists=True)
         if [d.name.lower() for d in study.directions] != self.directions:
@@ -176,6 +203,7 @@ class LitTfOptunaSweeper(Sweeper):
                 f"study '{self.study_name}' in {self.spec_shown} was created with directions "
                 f"{[d.name.lower() for d in study.directions]}, this sweep asks {self.directions}: "
                 "use a new study_name (or storage) for a different objective")
+        st.check_search_space(study, space.distributions, self.spec_shown)
         if study.metric_names is None:
             study.set_metric_names(self.metrics)
         requeued = st.recover(study)

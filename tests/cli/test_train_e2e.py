@@ -102,8 +102,8 @@ def test_resume_continues_same_run_with_identical_results(compose, tmp_path):
     assert resumed["run_id"] in first_run_id  # same MLflow run
     assert resumed["val/mlm_loss"] == pytest.approx(ref["val/mlm_loss"], abs=1e-5)
     assert resumed["val/nsp_acc"] == pytest.approx(ref["val/nsp_acc"], abs=1e-6)
-    a = torch.load(ref["last_ckpt"], map_location="cpu", weights_only=False)
-    b = torch.load(resumed["last_ckpt"], map_location="cpu", weights_only=False)
+    a = torch.load(ref["last_ckpt"], map_location="cpu", weights_only=True)
+    b = torch.load(resumed["last_ckpt"], map_location="cpu", weights_only=True)
     assert a["global_step"] == b["global_step"] == 8
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=1e-6, msg=k)
@@ -134,11 +134,10 @@ def test_mlm_loss_falls_on_real_text(compose):
     train_hist = sorted(client.get_metric_history(m["run_id"], "train/mlm_loss"), key=lambda h: h.step)
     start = sum(h.value for h in train_hist[:3]) / 3  # the untrained model, steps 0-2
     val = sorted(client.get_metric_history(m["run_id"], "val/mlm_loss"), key=lambda h: h.step)
-    acc = sorted(client.get_metric_history(m["run_id"], "val/mlm_acc"), key=lambda h: h.step)
-    curve = [(h.step, round(h.value, 3)) for h in val], [(h.step, round(h.value, 3)) for h in acc]
+    curve = [(h.step, round(h.value, 3)) for h in val]
+    # Margins chosen over seeds 1-3 (deterministic vocabulary): start 8.28-8.32, first validation
+    # (step 20) 7.29-7.36, last 6.68-6.69, so each assertion clears its threshold by >= 0.3 while
+    # seeds move the values by < 0.1. Accuracy is not asserted: at this budget it sits on the
+    # unigram plateau (the share of the most frequent token) and moves within its own noise.
     assert val[-1].value < start - 1.0, (start, curve)
     assert val[-1].value < val[0].value - 0.3, curve  # still improving after the first validation
-    # 240 steps of a tiny model stay near the unigram plateau, where accuracy is the share of the most
-    # frequent token and can sit flat for the whole run (seen in CI: 0.048 at every check); the loss is
-    # what must move. Accuracy may not fall.
-    assert acc[-1].value >= acc[0].value, curve

@@ -1,0 +1,310 @@
+"""Every command in README.md's ```bash blocks, run as a user types it.
+
+The commands are read from the README at collection time, so a new or changed command is picked
+up by itself. They run in order, in a copy of the repository laid out as a user has it (the repo
+root as working directory, `../shared` beside it, a fresh `mlruns/`, `outputs/` and `.cache/`),
+with no `paths.*` or other overrides. The only changes a command gets are the documented
+shrinking switches:
+
+- `python train.py ...` that trains: `debug=smoke` appended (a sweep under `debug=smoke` goes to
+  study `<name>-smoke` and runs at most `hydra.sweeper.debug_n_trials` trials);
+- `make train`: `ARGS=debug=smoke`; `make ui`: `PORT=<a free port>`;
+- `python benchmarks/<script>.py`: `--help`.
+
+Placeholders (`<run>`, `<MLflow run id>`, `.../best.ckpt`, `/data/...`, ...) are filled from what
+earlier commands really produced (run folders, printed MLflow run ids) or, for a user's own
+files, from small files written here from the shared data. A command that cannot run on this
+machine is listed in SKIPS with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SHARED
+
+README = ROOT / "README.md"
+PY_BIN = Path(sys.executable).parent  # the interpreter running the tests: `python` of the commands
+
+
+# --------------------------------------------------------------------------------------------
+# reading the README
+# --------------------------------------------------------------------------------------------
+def _strip_comment(line: str) -> str:
+    """`cmd args  # comment` -> `cmd args` (a `#` inside quotes or a word is kept)."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].strip()
+    return line.strip()
+
+
+def readme_commands(text: str) -> list[str]:
+    """The commands of every ```bash block as typed (placeholders such as `<run id>` included):
+    continuation lines joined, comments and blank lines dropped."""
+    out = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        for line in re.sub(r"\\\n\s*", " ", block).split("\n"):
+            line = _strip_comment(line)
+            if line:
+                out.append(line)
+    return out
+
+
+COMMANDS = readme_commands(README.read_text())
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+# (pattern in the command, reason): the commands this machine cannot run
+SKIPS: list[tuple[str, str]] = [
+    (r"^make test", "this test runs inside `make test`"),
+    (r"hydra/launcher=submitit_slurm", "needs a SLURM cluster and a PostgreSQL server"),
+    (r"data\.hf_name=", "downloads a data set from the Hugging Face hub (no network here; the HF "
+                        "dataset code path is tested on local files in tests/data)"),
+    (r"^pip install", "installs an optional package from PyPI"),
+]
+if not _has_cuda():
+    SKIPS += [(r"trainer=(gpu|ddp)\b", "needs a CUDA GPU")]
+if shutil.which("optuna-dashboard") is None:
+    SKIPS += [(r"^optuna-dashboard", "optuna-dashboard is optional and not installed")]
+
+
+def skip_reason(cmd: str) -> str | None:
+    return next((reason for pat, reason in SKIPS if re.search(pat, cmd)), None)
+
+
+# --------------------------------------------------------------------------------------------
+# the user's clone
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Workspace:
+    repo: Path
+    env: dict
+    outputs: list[str] = field(default_factory=list)  # stdout of every command so far
+    run_ids: dict[str, str] = field(default_factory=dict)  # experiment -> first MLflow run id printed
+
+
+def _copy_checkout(dst: Path) -> None:
+    """Tracked and untracked-not-ignored files, with their mtimes (so `make` sees an installed venv)."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
+def _user_files(ws: Path, repo: Path) -> None:
+    """The user's own files that the README's examples name."""
+    shakespeare = (SHARED / "tinyshakespeare" / "input.txt").read_text().split("\n")
+    books = ws / "data" / "books"
+    books.mkdir(parents=True)
+    (books / "sonnets.txt").write_text("\n".join(shakespeare[:3000]))
+    (books / "plays.txt").write_text("\n".join(shakespeare[3000:6000]))
+    (ws / "data" / "heldout.txt").write_text("\n".join(shakespeare[6000:7000]))
+    with open(repo / "corpus.jsonl", "w") as f:
+        for para in (SHARED / "wikitext2" / "wiki.valid.raw").read_text().split("\n")[:1500]:
+            if para.strip() and not para.strip().startswith("="):
+                f.write(json.dumps({"body": para.strip()}) + "\n")
+    rows = [ln.split("\t") for ln in (SHARED / "xnli" / "dev-part1-en.tsv").read_text().split("\n") if ln.strip()]
+    for name, part in (("train", rows[:600]), ("dev", rows[600:700]), ("test", rows[700:800])):
+        with open(repo / f"{name}.jsonl", "w") as f:
+            for premise, hypothesis, label in part:
+                f.write(json.dumps({"premise": premise, "hypothesis": hypothesis, "label": label}) + "\n")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Workspace:
+    if not (SHARED / "tinyshakespeare" / "input.txt").is_file():
+        pytest.skip(f"shared data missing at {SHARED}")
+    top = tmp_path_factory.mktemp("user")
+    repo = top / "lit_tf"
+    _copy_checkout(repo)
+    if (ROOT / ".venv").is_dir():
+        (repo / ".venv").symlink_to(ROOT / ".venv")
+    # ../shared/data beside the clone, as in the README
+    (top / "shared").mkdir()
+    (top / "shared" / "data").symlink_to(SHARED)
+    _user_files(top, repo)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LIT_TF_", "HYDRA_", "MLFLOW_", "PYTEST_")) and k != "PYTHONPATH"}
+    env.update(PATH=f"{PY_BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(repo), PYTHONUNBUFFERED="1")
+    return Workspace(repo, env)
+
+
+# --------------------------------------------------------------------------------------------
+# placeholders: filled from what earlier commands produced
+# --------------------------------------------------------------------------------------------
+def _newest(repo: Path, pattern: str, what: str) -> Path:
+    hits = sorted(repo.glob(pattern), key=lambda p: p.stat().st_mtime)
+    if not hits:
+        raise AssertionError(f"{what}: no earlier README command produced {pattern}")
+    return hits[-1]
+
+
+def _ckpt(repo: Path, experiment: str) -> str:
+    return str(_newest(repo, f"outputs/{experiment}/runs/*/checkpoints/last.ckpt", f"a {experiment} checkpoint")
+               .relative_to(repo))
+
+
+def _hf_dir(w: Workspace) -> str:
+    """`/models/my-bert`: a Hugging Face model dir, exported from the README's BERT run by our CLI."""
+    out = w.repo.parent / "models" / "my-bert"
+    if not out.is_dir():
+        _run(w, ["python", "-m", "lit_tf.cli.export", f"ckpt={_ckpt(w.repo, 'bert_mlm_nsp_en')}", f"out={out}"])
+    return str(out)
+
+
+def fill(cmd: str, w: Workspace) -> str:
+    def run_dir(m: re.Match) -> str:
+        return _ckpt(w.repo, m.group(1)).split("/checkpoints/")[0] + "/"
+
+    cmd = re.sub(r"outputs/(\w+)/runs/<run>/", run_dir, cmd)
+    if "<MLflow run id>" in cmd or "<run id>" in cmd:
+        if "bert_mlm_nsp_en" not in w.run_ids:
+            raise AssertionError("an MLflow run id is needed, but no earlier bert_mlm_nsp_en run printed one")
+        cmd = cmd.replace("<MLflow run id>", w.run_ids["bert_mlm_nsp_en"]).replace("<run id>", w.run_ids["bert_mlm_nsp_en"])
+    if "init_from=..." in cmd:  # "a pretrained encoder": XLM for the cross-lingual recipes, else BERT
+        family = "xlm_mlm_tlm_en_es" if "zeroshot" in cmd else "bert_mlm_nsp_en"
+        cmd = cmd.replace("init_from=...", f"init_from={_ckpt(w.repo, family)}")
+    if ".../best.ckpt" in cmd:
+        best = _newest(w.repo, "outputs/*/runs/*/checkpoints/best*.ckpt", "a fine-tuned checkpoint")
+        cmd = cmd.replace(".../best.ckpt", str(best.relative_to(w.repo)))
+    if "/models/my-bert" in cmd:
+        cmd = cmd.replace("/models/my-bert", _hf_dir(w))
+    cmd = cmd.replace("=/data/", f"={w.repo.parent}/data/").replace("[/data/", f"[{w.repo.parent}/data/")
+    left = re.findall(r"<[^<>]*>", cmd)
+    assert not left, f"README command has placeholder(s) {left} this test cannot fill: teach fill() about them"
+    return cmd
+
+
+def shrink(argv: list[str]) -> list[str]:
+    """The documented switches that make a command quick (see the module docstring)."""
+    if argv[:2] == ["python", "train.py"] and not ({"--help", "-h"} & set(argv)):
+        return argv if any(a.startswith("debug=") for a in argv) else [*argv, "debug=smoke"]
+    if argv[:2] == ["make", "train"]:
+        return [*argv, "ARGS=debug=smoke"]
+    if argv[0] == "python" and len(argv) > 1 and argv[1].startswith("benchmarks/"):
+        return [*argv, "--help"]
+    return argv
+
+
+def _run(w: Workspace, argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, cwd=w.repo, env=w.env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, (
+        f"`{shlex.join(argv)}` exited {proc.returncode}\n--- stdout (end)\n{proc.stdout[-3000:]}\n"
+        f"--- stderr (end)\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_and_get(w: Workspace, argv: list[str], port: int, path: str = "/", timeout: float = 180) -> str:
+    """Start a server command, wait until it answers HTTP on 127.0.0.1:port, return the page; stop it."""
+    proc = subprocess.Popen(argv, cwd=w.repo, env=w.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, f"`{shlex.join(argv)}` exited {proc.returncode}:\n{proc.stdout.read()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                    assert r.status == 200
+                    return r.read().decode(errors="replace")
+            except OSError:
+                assert time.monotonic() < deadline, f"`{shlex.join(argv)}`: no HTTP answer within {timeout:.0f}s"
+                time.sleep(1)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# checks beyond "exit 0" for the commands whose output a user relies on
+# --------------------------------------------------------------------------------------------
+def _mlflow_client(repo: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+
+
+def check_sweep(w: Workspace, study: str, n_trials: int, stdout: str) -> None:
+    assert "best trial #" in stdout and "reproduce: python train.py" in stdout, stdout[-2000:]
+    client = _mlflow_client(w.repo)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    parents = client.search_runs(exps, f"tags.`optuna.study_name` = '{study}' and tags.`lit_tf.sweep` = 'parent'")
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    children = client.search_runs(exps, f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    assert len(children) == n_trials, [r.info.run_name for r in children]
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert any(k.startswith("best") for k in parents[0].data.metrics), parents[0].data.metrics
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=[c[:80] for c in COMMANDS])
+def test_readme_command(ws: Workspace, cmd: str) -> None:
+    reason = skip_reason(cmd)
+    if reason:
+        pytest.skip(reason)
+    argv = shrink(shlex.split(fill(cmd, ws)))
+    if argv[:2] == ["make", "ui"]:
+        port = _free_port()
+        page = _serve_and_get(ws, [*argv, f"PORT={port}"], port)
+        assert "mlflow" in page.lower()
+        return
+    proc = _run(ws, argv)
+    ws.outputs.append(proc.stdout)
+    printed = re.search(r"MLflow run: ([0-9a-f]{32}) \(experiment '([^']+)'", proc.stdout)
+    if printed:
+        ws.run_ids.setdefault(printed.group(2), printed.group(1))
+    if argv[:2] == ["python", "train.py"] and "-m" not in argv and "--help" not in argv:
+        assert "lit_tf: finished" in proc.stdout, proc.stdout[-2000:]
+    if "--help" in argv or argv[-1] == "-h":
+        assert "usage" in proc.stdout.lower() or "== Config groups ==" in proc.stdout or "Powered by Hydra" in proc.stdout
+    sweep = next((a.split("=", 1)[1] for a in argv if a.startswith("sweep=")), None) if "-m" in argv else None
+    if sweep == "smoke":  # the sweep the README tells a new user to try: 4 trials, 1 parent run + 4 children
+        check_sweep(ws, "smoke", 4, proc.stdout)
+    elif sweep is not None:
+        assert "best trial #" in proc.stdout or "trials done" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_readme_has_the_commands_this_test_promises():
+    """The README keeps showing the sweep a new user runs first, and every shipped study."""
+    assert "python train.py -m sweep=smoke" in COMMANDS
+    shipped = {p.stem for p in (ROOT / "sweeps").glob("*.yaml")}
+    shown = {m.group(1) for c in COMMANDS for m in [re.search(r"-m sweep=(\w+)", c)] if m}
+    assert shipped <= shown, f"studies in sweeps/ that the README never runs: {sorted(shipped - shown)}"
