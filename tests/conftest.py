@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHARED = Path(os.environ.get("LIT_TF_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def sigint_default() -> None:
+    """`preexec_fn` for a child a test stops with SIGINT (Ctrl-C): restore the default action, since
+    a test run started as a background job of a non-interactive shell inherits SIGINT ignored, and
+    Python then never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def shared_file(rel: str) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, sigint_default
 from failure_helpers import NaNGradAt
 
 HERE = Path(__file__).resolve().parent
@@ -44,7 +44,7 @@ def _train(root: Path, cache_dir: Path, *overrides: str) -> subprocess.Completed
 def _start_and_wait(root: Path, cache_dir: Path, marker: Path, *overrides: str) -> subprocess.Popen:
     """Start train.py and return once it sits at the BlockAt step (its marker file exists)."""
     proc = subprocess.Popen(_cmd(root, *overrides), cwd=root, env=_env(cache_dir), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     end = time.monotonic() + 240
     while not marker.exists():
         if proc.poll() is not None or time.monotonic() > end:

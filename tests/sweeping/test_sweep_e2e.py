@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, sigint_default
 from optuna.trial import TrialState
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -155,7 +155,7 @@ def interrupt_during_trial_1(tmp_path: Path, cache_dir: Path, sig: int) -> None:
     """Start the smoke sweep, send `sig` to its process group while trial 1 runs, wait for it to end."""
     cmd = sweep_cmd(tmp_path, cache_dir, "trainer.max_steps=30", "trainer.val_check_interval=10")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=sigint_default)
     journal = tmp_path / "outputs/sweeps/smoke/optuna.journal"
     deadline = time.time() + 300
     try:
