@@ -57,7 +57,7 @@ def _start_and_wait(root: Path, cache_dir: Path, marker: Path, *overrides: str) 
 
 def _ckpt(root: Path) -> dict:
     (path,) = root.glob("outputs/quickstart/runs/*/checkpoints/last.ckpt")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _run_id(root: Path) -> str:
@@ -190,13 +190,13 @@ def test_sigkill_during_checkpoint_write_keeps_previous_last_ckpt(tmp_path, wher
         assert tmp_files[0].stat().st_size > 60 * 2**20
     proc.kill()
     proc.wait(timeout=60)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 1 and torch.equal(ckpt["w"], torch.zeros(8))
 
     from lit_tf.lit.checkpoint_io import AtomicCheckpointIO
 
     AtomicCheckpointIO().save_checkpoint({"global_step": 3}, path)  # the next save cleans up the leftover
-    assert torch.load(path, weights_only=False)["global_step"] == 3
+    assert torch.load(path, weights_only=True)["global_step"] == 3
     assert not list(tmp_path.glob(".last.ckpt.*.tmp"))
 
 
@@ -212,7 +212,7 @@ def test_nan_gradient_stops_naming_the_step_and_keeps_last_good_checkpoint(compo
     with pytest.raises(NonFiniteError, match="gradient norm .* is not finite at training step 5"):
         train(compose(SMOKE_NAN), callbacks=[NaNGradAt([5])])
     ckpt = torch.load(tmp_path / "outputs/quickstart/runs/run/checkpoints/last.ckpt", map_location="cpu",
-                      weights_only=False)
+                      weights_only=True)
     assert ckpt["global_step"] == 4  # the last good step
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
     run_id = _run_id(tmp_path)
@@ -245,7 +245,7 @@ def test_nonfinite_skip_mode_skips_the_step_and_counts_it(compose, tmp_path):
 
     m = train(compose([*SMOKE_NAN, "trainer.nonfinite=skip"]), callbacks=[NaNGradAt([3, 5])])
     assert m["train/nonfinite_skipped"] == 2.0
-    ckpt = torch.load(m["last_ckpt"], map_location="cpu", weights_only=False)
+    ckpt = torch.load(m["last_ckpt"], map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 12
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
     run = _client(tmp_path).get_run(m["run_id"])
@@ -260,7 +260,6 @@ def test_nonfinite_mode_typo_is_named(compose):
 
 
 # ------------------------------------------------------------------------------------ one store, many writers
-@pytest.mark.slow
 def test_four_processes_and_a_joblib_sweep_share_one_store(tmp_path, cache_dir):
     procs = [subprocess.Popen(_cmd(tmp_path, "trainer.max_steps=6", f"optim.optimizer.lr=0.00{i + 1}",
                                    f"paths.output_dir={tmp_path}/out{i}"),

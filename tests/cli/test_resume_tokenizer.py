@@ -17,7 +17,7 @@ SMOKE = ["debug=smoke", "logger=none", "trainer.max_steps=2"]
 def test_resume_keeps_the_checkpoint_tokenizer(compose, tmp_path):
     cache = tmp_path / "cache"
     first = train(compose([*SMOKE, f"paths.cache_dir={cache}"]))
-    stored = torch.load(first["last_ckpt"], map_location="cpu", weights_only=False)["lit_tf"]["tokenizer_json"]
+    stored = torch.load(first["last_ckpt"], map_location="cpu", weights_only=True)["lit_tf"]["tokenizer_json"]
     (trained,) = (cache / "tokenizers").iterdir()
     assert (trained / "tokenizer.json").read_text() == stored  # the checkpoint holds the file's exact text
     shards = sorted(p.name for p in (cache / "shards").iterdir())
@@ -25,7 +25,7 @@ def test_resume_keeps_the_checkpoint_tokenizer(compose, tmp_path):
     # Other tokenizer settings on resume change nothing: the checkpoint's tokenizer is used.
     resumed = train(compose([*SMOKE, f"paths.cache_dir={cache}", "trainer.max_steps=4", "ckpt_path=last",
                              "data.tokenizer.vocab_size=500", "paths.output_dir=${paths.runs_root}/run2"]))
-    meta = torch.load(resumed["last_ckpt"], map_location="cpu", weights_only=False)["lit_tf"]
+    meta = torch.load(resumed["last_ckpt"], map_location="cpu", weights_only=True)["lit_tf"]
     assert meta["tokenizer_json"] == stored and meta["tokenizer_key"] == content_digest(stored)[:16]
     digest_dir = cache / "tokenizers" / f"sha256-{content_digest(stored)[:16]}"
     assert sorted(p.name for p in (cache / "tokenizers").iterdir()) == sorted([trained.name, digest_dir.name])
