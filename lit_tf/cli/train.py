@@ -270,11 +270,16 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     (`trial.number` set), the run also reports to its trial and stops early when pruned.
     Config values that cannot work raise a LitTfError before any data is read.
     """
-    from lit_tf.lit.validate import check_run_config
+    from lit_tf.lit.validate import RunConfigError, check_run_config
     from lit_tf.sweeping.trial import job_trial, trial_process_scope
 
     check_run_config(*(OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "objective")),
                      init_from=cfg.get("init_from"))
+    from lit_tf.lit.failure import NONFINITE_MODES
+
+    nonfinite = str(cfg.trainer.get("nonfinite") or "stop")
+    if nonfinite not in NONFINITE_MODES:
+        raise RunConfigError(f"trainer.nonfinite={nonfinite!r}: expected one of {', '.join(NONFINITE_MODES)}")
     resolve_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.runs_root))  # a bad ckpt_path fails before any work
 
     trial = job_trial(cfg)  # this job's Optuna trial when a sweep launched it (sets its GPU first)
@@ -348,11 +353,7 @@ def _train(cfg: DictConfig, callbacks: list, trial, run_end: _RunEnd | None = No
     ckpt_dir = ckpt_file.parent if ckpt_file is not None else out_dir / "checkpoints"
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    nonfinite = str(trainer_cfg.pop("nonfinite", None) or "stop")  # lit_tf's key, not a Trainer argument
-    from lit_tf.lit.failure import NONFINITE_MODES
-
-    if nonfinite not in NONFINITE_MODES:  # before any heavy work
-        raise ValueError(f"trainer.nonfinite={nonfinite!r}: expected one of {', '.join(NONFINITE_MODES)}")
+    nonfinite = str(trainer_cfg.pop("nonfinite", None) or "stop")  # lit_tf's key (checked in train()), not Lightning's
     objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
     build = _build_finetuning if objective_cfg.get("name") in ("seq_cls", "token_cls") else _build_pretraining
     # resuming: the builders take the tokenizer stored in the checkpoint, so it cannot differ
