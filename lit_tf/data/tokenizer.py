@@ -23,6 +23,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from lit_tf.data.atomic import atomic_dir, build_once
+from lit_tf.errors import LitTfError
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +208,12 @@ class TokenizerArtifact:
         path = Path(path)
         tj = path / "tokenizer.json" if path.is_dir() else path
         if not tj.is_file():
-            raise FileNotFoundError(f"tokenizer: {tj} does not exist (expected a tokenizer.json or its folder)")
+            raise LitTfError(f"tokenizer: {tj} does not exist (expected a tokenizer.json or its folder)")
         raw = tj.read_bytes()
         try:
             tok = Tokenizer.from_str(raw.decode("utf-8"))
         except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
-            raise ValueError(f"{tj}: not a readable tokenizer.json ({e})") from e
+            raise LitTfError(f"{tj}: not a readable tokenizer.json ({e})") from e
         digest = content_digest(raw)
         meta_path = tj.parent / "meta.json"
         if meta_path.is_file():
