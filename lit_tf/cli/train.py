@@ -280,14 +280,14 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     nonfinite = str(cfg.trainer.get("nonfinite") or "stop")
     if nonfinite not in NONFINITE_MODES:
         raise RunConfigError(f"trainer.nonfinite={nonfinite!r}: expected one of {', '.join(NONFINITE_MODES)}")
-    resolve_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.runs_root))  # a bad ckpt_path fails before any work
+    resume = resolve_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.runs_root))  # a bad ckpt_path fails before any work
 
     trial = job_trial(cfg)  # this job's Optuna trial when a sweep launched it (sets its GPU first)
     if trial is None:
         with _RunEnd() as run_end:
-            return _train(cfg, list(callbacks or []), None, run_end)
+            return _train(cfg, list(callbacks or []), None, resume, run_end)
     with trial_process_scope(), _RunEnd() as run_end:
-        return _train(cfg, list(callbacks or []), trial, run_end)
+        return _train(cfg, list(callbacks or []), trial, resume, run_end)
 
 
 class _RunEnd:
@@ -328,7 +328,8 @@ class _RunEnd:
             raise SystemExit(143) from exc
 
 
-def _train(cfg: DictConfig, callbacks: list, trial, run_end: _RunEnd | None = None) -> dict[str, Any]:
+def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, dict],
+           run_end: _RunEnd | None = None) -> dict[str, Any]:
     import lightning as L
     import torch
 
@@ -348,7 +349,7 @@ def _train(cfg: DictConfig, callbacks: list, trial, run_end: _RunEnd | None = No
 
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_file, prev_run = resolve_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.runs_root))
+    ckpt_file, prev_run = resume  # resolved (and checked) once, in train()
     # A resumed run keeps writing checkpoints next to the ones it resumes from.
     ckpt_dir = ckpt_file.parent if ckpt_file is not None else out_dir / "checkpoints"
 
