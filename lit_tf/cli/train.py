@@ -179,13 +179,7 @@ def _build_finetuning(
     given_path = (data.get("tokenizer") or {}).get("path")  # data.tokenizer.path
     init = resolve_init(cfg.get("init_from"), str(cfg.paths.mlruns_dir))
     check_max_seq_len(init, int(data["max_seq_len"]))
-    tokenizer = init.tokenizer
-    if init.kind == "hf":
-        from lit_tf.models.hf import import_hf
-
-        _, tokenizer = import_hf(init.hf_dir, task=None)
-        if tokenizer is None:
-            raise ValueError(f"init_from={init.hf_dir}: no tokenizer.json in the model directory")
+    tokenizer = init.tokenizer  # the encoder's own (checkpoint, MLflow run, HF dir), or None from scratch
     if tokenizer is not None:  # the encoder's own vocabulary: data.tokenizer.path may only name it again
         check_tokenizer_path(given_path, tokenizer.to_str(), f"init_from={init.path}",
                              "a pretrained encoder keeps its vocabulary: drop data.tokenizer.path")

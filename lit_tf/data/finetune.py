@@ -36,6 +36,7 @@ import torch
 from tokenizers import Encoding, Tokenizer
 from torch import Tensor
 
+from lit_tf.data.pretraining import pad_examples
 from lit_tf.data.text import CorpusError
 from lit_tf.objectives.losses import IGNORE_INDEX
 
@@ -336,18 +337,18 @@ class LabelSet:
 # sequence classification examples
 # --------------------------------------------------------------------------------------------
 def _longest_first(la: int, lb: int, budget: int) -> tuple[int, int]:
-    """Lengths after longest-first truncation (as HF ``longest_first``: drop from the longer side,
-    from the second on ties), computed directly instead of token by token."""
-    excess = la + lb - budget
-    if excess <= 0:
+    """Lengths after longest-first truncation, as HF's fast tokenizers (``tokenizers``) compute
+    them, so that lit_tf and an HF pipeline on the same tokenizer see the same tokens: only the
+    longer side is cut while that is enough; otherwise the shorter side keeps ``budget // 2``
+    and the longer side the rest (the first side counts as the shorter on a tie)."""
+    if la + lb <= budget:
         return la, lb
-    d = min(excess, abs(la - lb))  # first bring the longer side down to the shorter one
-    if la > lb:
-        la -= d
-    else:
-        lb -= d
-    excess -= d
-    return la - excess // 2, lb - (excess - excess // 2)  # then alternate, second side first
+    swap = la > lb
+    short, long_ = (lb, la) if swap else (la, lb)
+    long_ = max(short, budget - short)
+    if short + long_ > budget:
+        short, long_ = budget // 2, budget - budget // 2
+    return (long_, short) if swap else (short, long_)
 
 
 def _truncated(enc: Encoding, n: int) -> Encoding:
@@ -533,40 +534,21 @@ def predictions_to_word_tags(
 # --------------------------------------------------------------------------------------------
 # collation
 # --------------------------------------------------------------------------------------------
-def _pad(seqs: Sequence[Sequence[int]], value: int) -> Tensor:
-    """(B, T) long tensor, right-padded with ``value`` to the longest sequence."""
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)  # (B, T)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-    return out
-
-
-def _collate_common(examples: Sequence[Mapping], pad_id: int) -> dict[str, Tensor]:
-    if not examples:
-        raise ValueError("cannot collate an empty list of examples")
-    ids = [e["input_ids"] for e in examples]
-    lengths = torch.tensor([len(s) for s in ids])
-    input_ids = _pad(ids, pad_id)  # (B, T)
-    return {
-        "input_ids": input_ids,
-        "token_type_ids": _pad([e["token_type_ids"] for e in examples], 0),  # (B, T)
-        "attention_mask": torch.arange(input_ids.shape[1])[None, :] < lengths[:, None],  # (B, T) bool
-    }
-
-
-def collate_classification(examples: Sequence[Mapping], pad_id: int) -> dict[str, Tensor]:
-    """``input_ids``, ``token_type_ids``, ``attention_mask`` (B, T) and ``labels`` (B,)."""
-    batch = _collate_common(examples, pad_id)
+def collate_classification(examples: Sequence[Mapping], pad_id: int, pad_to_multiple_of: int | None = None
+                           ) -> dict[str, Tensor]:
+    """``input_ids``, ``token_type_ids``, ``attention_mask`` (B, T), padded to the batch's longest
+    row (rounded up to ``pad_to_multiple_of``), and ``labels`` (B,)."""
+    batch = pad_examples(examples, pad_id, pad_to_multiple_of, {"token_type_ids": 0})
     batch["labels"] = torch.tensor([int(e["label"]) for e in examples], dtype=torch.long)  # (B,)
     return batch
 
 
-def collate_token_classification(examples: Sequence[Mapping], pad_id: int) -> dict[str, Tensor]:
+def collate_token_classification(examples: Sequence[Mapping], pad_id: int, pad_to_multiple_of: int | None = None
+                                 ) -> dict[str, Tensor]:
     """As :func:`collate_classification`, with ``labels`` (B, T) padded with IGNORE_INDEX,
     ``word_ids`` (B, T) padded with -1, and ``n_words`` / ``n_dropped_words`` (B,)."""
-    batch = _collate_common(examples, pad_id)
-    batch["labels"] = _pad([e["labels"] for e in examples], IGNORE_INDEX)  # (B, T)
-    batch["word_ids"] = _pad([e["word_ids"] for e in examples], -1)  # (B, T)
+    batch = pad_examples(examples, pad_id, pad_to_multiple_of,
+                         {"token_type_ids": 0, "labels": IGNORE_INDEX, "word_ids": -1})
     batch["n_words"] = torch.tensor([e["n_words"] for e in examples], dtype=torch.long)  # (B,)
     batch["n_dropped_words"] = torch.tensor([e["n_dropped_words"] for e in examples], dtype=torch.long)
     return batch

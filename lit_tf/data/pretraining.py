@@ -11,6 +11,7 @@ the seed through to the collator, so masking is a pure function of (seed, batch 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,30 +100,33 @@ class SentencePairDataset:
         return {"input_ids": ids, "token_type_ids": types, "word_start": starts, "nsp_label": label, "seed": seed}
 
 
-# Per-token integer fields an example may carry besides input_ids, and their padding value.
-_EXTRA_FIELDS = {"token_type_ids": 0, "lang_ids": 0, "position_ids": 0}
+# Per-token fields a pretraining example may carry besides input_ids, and their padding value.
+_EXTRA_FIELDS = {"token_type_ids": 0, "lang_ids": 0, "position_ids": 0, "word_start": False}
 
 
-def _pad(examples: list[dict], pad_id: int, multiple: int) -> dict[str, Tensor]:
-    """Stack examples right-padded to the batch's longest (rounded up to `multiple`)."""
+def pad_examples(examples: Sequence[Mapping], pad_id: int, multiple: int | None = None,
+                 fields: Mapping[str, int | bool] = _EXTRA_FIELDS) -> dict[str, Tensor]:
+    """Stack examples right-padded to the batch's longest row (rounded up to `multiple`, e.g. 8
+    for tensor cores): `input_ids` with `pad_id`, `attention_mask` (True = real token), and each
+    per-token field of `fields` the examples carry, with its padding value (a bool value makes
+    a bool tensor, an int a long one). All (B, T)."""
+    if not examples:
+        raise ValueError("cannot collate an empty list of examples")
     B = len(examples)
     T = max(len(e["input_ids"]) for e in examples)
     T = -(-T // multiple) * multiple if multiple else T
-    out = {"input_ids": torch.full((B, T), pad_id, dtype=torch.long),
-           "attention_mask": torch.zeros((B, T), dtype=torch.bool)}
-    extra = [k for k in _EXTRA_FIELDS if k in examples[0]]
-    for k in extra:
-        out[k] = torch.full((B, T), _EXTRA_FIELDS[k], dtype=torch.long)
-    if "word_start" in examples[0]:
-        out["word_start"] = torch.zeros((B, T), dtype=torch.bool)
+    out = {"input_ids": torch.full((B, T), pad_id, dtype=torch.long),  # (B, T)
+           "attention_mask": torch.zeros((B, T), dtype=torch.bool)}  # (B, T)
+    present = [k for k in fields if k in examples[0]]
+    for k in present:
+        v = fields[k]
+        out[k] = torch.full((B, T), v, dtype=torch.bool if isinstance(v, bool) else torch.long)  # (B, T)
     for r, e in enumerate(examples):
         n = len(e["input_ids"])
         out["input_ids"][r, :n] = torch.from_numpy(np.asarray(e["input_ids"], dtype=np.int64))
         out["attention_mask"][r, :n] = True
-        for k in extra:
-            out[k][r, :n] = torch.from_numpy(np.asarray(e[k], dtype=np.int64))
-        if "word_start" in out:
-            out["word_start"][r, :n] = torch.from_numpy(np.asarray(e["word_start"], dtype=bool))
+        for k in present:
+            out[k][r, :n] = torch.from_numpy(np.asarray(e[k], dtype=bool if out[k].dtype == torch.bool else np.int64))
     return out
 
 
@@ -141,7 +145,7 @@ class MLMCollator:
     pad_to_multiple_of: int = 8
 
     def __call__(self, examples: list[dict]) -> dict[str, Tensor]:
-        batch = _pad(examples, self.pad_id, self.pad_to_multiple_of)
+        batch = pad_examples(examples, self.pad_id, self.pad_to_multiple_of)
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         word_start = batch.pop("word_start", None)
         special = (input_ids < self.n_special) | ~attention_mask
@@ -166,7 +170,7 @@ class CLMCollator:
     pad_to_multiple_of: int = 8
 
     def __call__(self, examples: list[dict]) -> dict[str, Tensor]:
-        batch = _pad(examples, self.pad_id, self.pad_to_multiple_of)
+        batch = pad_examples(examples, self.pad_id, self.pad_to_multiple_of)
         batch.pop("word_start", None)
         batch.pop("token_type_ids", None)
         batch["labels"] = batch["input_ids"].masked_fill(~batch["attention_mask"], IGNORE_INDEX)

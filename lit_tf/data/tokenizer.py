@@ -8,6 +8,11 @@ Training is deterministic: the same texts and settings give a byte-identical tok
 any process (see `train_tokenizer`). Anything derived from a tokenizer (token shards, a resumed
 run) is keyed by its content digest (`TokenizerArtifact.digest`, sha256 of the tokenizer.json
 bytes), never by the settings it was trained with.
+
+Every tokenizer lit_tf reads (a trained artifact, `data.tokenizer.path`, an imported HF model's
+`tokenizer.json`, the copy inside a checkpoint) goes through `parse_tokenizer`, which turns off
+the file's own padding and truncation: `data.max_seq_len` alone sets lengths, and batches are
+padded by the collators, to the longest row of each batch.
 """
 
 from __future__ import annotations
@@ -67,6 +72,19 @@ class TokenizerSpec:
     def key(self, corpus_fingerprint: str) -> str:
         payload = json.dumps({"spec": asdict(self), "corpus": corpus_fingerprint, "v": ARTIFACT_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def parse_tokenizer(tokenizer_json: str) -> Tokenizer:
+    """A `Tokenizer` from tokenizer.json text, with the file's own padding and truncation off.
+
+    HF model folders often ship `"padding": {"strategy": {"Fixed": 128}}` and a 128-token
+    truncation; kept, they would pad every example to 128 (real-looking tokens the attention
+    mask does not hide) whatever `data.max_seq_len` says.
+    """
+    tok = Tokenizer.from_str(tokenizer_json)
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
 
 
 def _build_untrained(
@@ -211,7 +229,7 @@ class TokenizerArtifact:
             raise LitTfError(f"tokenizer: {tj} does not exist (expected a tokenizer.json or its folder)")
         raw = tj.read_bytes()
         try:
-            tok = Tokenizer.from_str(raw.decode("utf-8"))
+            tok = parse_tokenizer(raw.decode("utf-8"))
         except Exception as e:  # tokenizers raises a bare Exception for malformed JSON
             raise LitTfError(f"{tj}: not a readable tokenizer.json ({e})") from e
         digest = content_digest(raw)
@@ -233,8 +251,9 @@ def content_digest(data: bytes | str) -> str:
 
 def same_tokenizer(a: str, b: str) -> bool:
     """Whether two tokenizer.json texts describe the same tokenizer (equal bytes, or equal
-    once both are re-serialised: formatting alone does not make them differ)."""
-    return a == b or Tokenizer.from_str(a).to_str() == Tokenizer.from_str(b).to_str()
+    once both are re-serialised: formatting, and the padding/truncation settings lit_tf
+    ignores, do not make them differ)."""
+    return a == b or parse_tokenizer(a).to_str() == parse_tokenizer(b).to_str()
 
 
 def _meta(tok: Tokenizer, key: str, spec: TokenizerSpec | None) -> dict:

@@ -23,7 +23,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from lit_tf.data.tokenizer import TokenizerArtifact, materialize_tokenizer, same_tokenizer
+from lit_tf.data.tokenizer import TokenizerArtifact, materialize_tokenizer, parse_tokenizer, same_tokenizer
 from lit_tf.errors import CheckpointError
 from lit_tf.lit.build import FAMILIES, HEADS
 
@@ -129,7 +129,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{key}={path}: weights do not fit the model (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]})")
     model.eval()
-    return LoadedCheckpoint(model, Tokenizer.from_str(meta["tokenizer_json"]), meta, int(ckpt.get("global_step", 0)))
+    return LoadedCheckpoint(model, parse_tokenizer(meta["tokenizer_json"]), meta, int(ckpt.get("global_step", 0)))
 
 
 def checkpoint_tokenizer_json(path: str | os.PathLike) -> str:

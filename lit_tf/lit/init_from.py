@@ -21,6 +21,7 @@ from typing import Any
 from tokenizers import Tokenizer
 from torch import nn
 
+from lit_tf.data.tokenizer import parse_tokenizer
 from lit_tf.errors import CheckpointError, LitTfError
 from lit_tf.lit.build import FAMILIES, HEADS
 from lit_tf.lit.checkpoint import load_checkpoint
@@ -77,7 +78,7 @@ def resolve_init(init_from: str | None, mlruns_dir: str) -> InitSource:
         return _from_checkpoint(path)
     if path.is_dir():
         _check_hf_dir(path, spec)
-        return InitSource("hf", hf_dir=path, path=str(path))
+        return InitSource("hf", hf_dir=path, path=str(path), tokenizer=_hf_tokenizer(path, spec))
     if RUN_ID.match(spec):
         return _from_mlflow_run(spec, mlruns_dir)
     raise LitTfError(f"init_from={spec}: no such file or directory, and not an MLflow run id; expected a .ckpt "
@@ -111,6 +112,15 @@ def _check_hf_dir(path: Path, spec: str) -> None:
     if not (path / "tokenizer.json").is_file():
         raise LitTfError(f"init_from={spec}: no tokenizer.json in the model directory (a fast-tokenizer file "
                          "is needed to tokenize the fine-tuning data)")
+
+
+def _hf_tokenizer(path: Path, spec: str) -> Tokenizer:
+    """The HF dir's tokenizer.json (its own padding/truncation off), read without loading the weights."""
+    tj = path / "tokenizer.json"
+    try:
+        return parse_tokenizer(tj.read_text(encoding="utf-8"))
+    except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+        raise LitTfError(f"init_from={spec}: {tj} is not a readable tokenizer.json ({e})") from None
 
 
 def build_classifier(init: InitSource, task: str, num_labels: int, model_cfg: dict | None = None,

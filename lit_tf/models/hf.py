@@ -773,6 +773,8 @@ def import_hf(
 
     ``task``: "mlm", "seq_cls", "token_cls" (BERT family), or any task of ``TASKS``; None takes the
     checkpoint's own head. Returns (model, tokenizer from tokenizer.json or None). See ``from_hf``.
+    The tokenizer comes with the file's own padding and truncation turned off, as every tokenizer
+    lit_tf loads (``lit_tf.data.tokenizer.parse_tokenizer``): lengths are the caller's to set.
     """
     import tokenizers
 
@@ -788,4 +790,7 @@ def import_hf(
     model = from_hf(hf_config, _read_state(path), task=task, num_labels=num_labels)
     tokenizer_file = path / "tokenizer.json"
     tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_file)) if tokenizer_file.is_file() else None
+    if tokenizer is not None:
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
     return model, tokenizer

@@ -240,9 +240,13 @@ def test_pair_truncation_longest_first(tok):
     types = ex["token_type_ids"]
     assert len(ex["input_ids"]) == 3 + lb + 4
     assert types.count(0) == 1 + 4 + 1 and types.count(1) == lb + 1  # only the long side was cut
-    # equal lengths after the cut: alternate, second side first
+    # both sides cut: the shorter keeps budget // 2, the longer the rest (HF fast tokenizers' rule),
+    # whichever side comes first
     (ex,) = encode_classification(tok, rows, ["a", "b"], labels, max_len=3 + 2 * lb - 1)
     assert ex["token_type_ids"].count(0) - 2 == lb and ex["token_type_ids"].count(1) - 1 == lb - 1
+    swapped = [{"a": rows[0]["b"], "b": rows[0]["a"], "label": "x"}]
+    (ex,) = encode_classification(tok, swapped, ["a", "b"], labels, max_len=3 + 2 * lb - 1)
+    assert ex["token_type_ids"].count(0) - 2 == lb - 1 and ex["token_type_ids"].count(1) - 1 == lb
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,6 +271,11 @@ def test_collate(tok):
     assert (b["labels"][1, n2:] == IGNORE_INDEX).all() and (b["word_ids"][1, n2:] == -1).all()
     assert b["labels"][0].tolist()[: len(ex[0]["labels"])] == ex[0]["labels"]
     assert b["n_words"].tolist() == [3, 1]
+
+    # pad_to_multiple_of rounds the batch width up; the extra columns are padding everywhere
+    b8 = collate_token_classification(ex, pad, 8)
+    assert b8["input_ids"].shape[1] == 8 * -(-T // 8) and not b8["attention_mask"][:, T:].any()
+    assert (b8["labels"][:, T:] == IGNORE_INDEX).all() and torch.equal(b8["labels"][:, :T], b["labels"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -340,3 +340,61 @@ def test_pretrained_minilm_matches_hf_and_fine_tunes():
     with torch.no_grad():
         after = loss().item()
     assert after < before, (before, after)
+
+
+def test_minilm_finetuning_pieces_match_hf_one_by_one():
+    """What could make lit_tf's fine-tuning accuracy differ from HF `Trainer` on the same recipe,
+    checked piece by piece on the real all-MiniLM-L6-v2 and real SST-2 / XNLI rows: tokens
+    (truncation included), the forward pass on a padded batch (mask, pooler on [CLS], classifier),
+    the dropout rates, and which parameters get weight decay."""
+    from conftest import shared_file
+
+    from lit_tf.data.finetune import (
+        LabelSet,
+        collate_classification,
+        encode_classification,
+        read_labeled_table,
+    )
+    from lit_tf.lit.optim import param_groups
+
+    path = minilm_dir()
+    torch.manual_seed(0)
+    ours, tok = import_hf(path, task="seq_cls", num_labels=2)
+    hf = transformers.BertForSequenceClassification.from_pretrained(path, num_labels=2)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(path)
+    # the file pads to 128 and truncates at 128 (or 256); lit_tf turns both off
+    assert tok.padding is None and tok.truncation is None
+
+    # 1. tokens: the ids and segments HF's tokenizer gives with truncation at max_length, for
+    #    single sentences and for pairs (longest-first); cut short so truncation really happens
+    sst2 = read_labeled_table(shared_file("sst2/train.tsv"), ["sentence"], "label")[:300]
+    xnli = read_labeled_table(shared_file("xnli/dev-part1-en.tsv"), ["premise", "hypothesis"], "label",
+                              column_names=["premise", "hypothesis", "label"])[:300]
+    for rows, fields in ((sst2, ["sentence"]), (xnli, ["premise", "hypothesis"])):
+        ex = encode_classification(tok, rows, fields, LabelSet.from_labels(r["label"] for r in rows), 24)
+        ref = hf_tok(*[[r[f] for r in rows] for f in fields], truncation=True, max_length=24)
+        assert [e["input_ids"] for e in ex] == ref["input_ids"]
+        assert [e["token_type_ids"] for e in ex] == ref["token_type_ids"]
+        assert max(len(e["input_ids"]) for e in ex) == 24  # truncation was exercised
+
+    # 2. the same classifier weights give the same logits on a padded batch
+    ex = encode_classification(tok, sst2[:16], ["sentence"], LabelSet.from_labels(["0", "1"]), 64)
+    b = collate_classification(ex, tok.token_to_id("[PAD]"))
+    assert not b["attention_mask"].all()  # really padded
+    ours.classifier.load_state_dict(hf.classifier.state_dict())
+    ours.eval(), hf.eval()
+    with torch.no_grad():
+        got = ours(b["input_ids"], token_type_ids=b["token_type_ids"], attention_mask=b["attention_mask"]).logits
+        want = hf(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
+                  attention_mask=b["attention_mask"].long()).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+    # 3. dropout: embeddings/residuals, attention probabilities, before the classifier
+    assert (ours.cfg.dropout, ours.cfg.attn_dropout, ours.dropout.p) == (
+        hf.config.hidden_dropout_prob, hf.config.attention_probs_dropout_prob, hf.dropout.p)
+
+    # 4. weight decay on exactly the parameters HF Trainer decays (matched by value, name-free)
+    decayed = param_groups(ours, 0.01)[0]["params"]
+    hf_params = dict(hf.named_parameters())
+    names = {next(n for n, q in hf_params.items() if q.shape == p.shape and torch.equal(q, p)) for p in decayed}
+    assert names == set(transformers.Trainer.get_decay_parameter_names(None, hf))
