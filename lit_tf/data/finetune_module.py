@@ -128,8 +128,10 @@ class FineTuneDataModule(StreamDataModule):
         if self.lang_ids is not None and lang_id is None:
             raise ValueError(f"language {lang!r} is not one the encoder was pretrained on: {sorted(self.lang_ids)}")
 
+        multiple = self.cfg.get("pad_to_multiple_of")
+
         def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
-            batch = base(examples, pad)
+            batch = base(examples, pad, multiple)
             if lang_id is not None:
                 batch["lang_ids"] = torch.full_like(batch["input_ids"], lang_id)
             return batch
@@ -140,13 +142,18 @@ class FineTuneDataModule(StreamDataModule):
         rank, world = self.rank_world()
         ds = self.sets["train"][self.train_lang]
         sampler = StreamBatchSampler(len(ds), int(self.cfg["batch_size"]), num_batches=self.train_batches(),
-                                     seed=self.seed, rank=rank, world_size=world)
+                                     seed=self.seed, rank=rank, world_size=world, lengths=self._lengths(ds))
         return self.resumable_loader(ds, sampler, self._collate(self.train_lang))
+
+    def _lengths(self, ds: _Examples) -> list[int] | None:
+        """Example lengths when `data.group_by_length` (training batches grouped, eval passes sorted)."""
+        return [len(e["input_ids"]) for e in ds.examples] if self.cfg.get("group_by_length") else None
 
     def _eval_loaders(self, split: str) -> list[DataLoader]:
         rank, world = self.rank_world()
         bs = int(self.cfg.get("val_batch_size") or self.cfg["batch_size"])
-        return [DataLoader(ds, batch_sampler=StreamBatchSampler(len(ds), bs, shuffle=False, rank=rank, world_size=world),
+        return [DataLoader(ds, batch_sampler=StreamBatchSampler(len(ds), bs, shuffle=False, rank=rank, world_size=world,
+                                                                lengths=self._lengths(ds)),
                            **self.loader_kwargs(self._collate(lang)))
                 for lang, ds in self.sets[split].items()]
 

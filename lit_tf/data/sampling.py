@@ -7,13 +7,23 @@ takes its own `batch_size` slice. So every batch, and the per-batch masking seed
 on (seed, b, rank): resuming at batch b reproduces exactly what an uninterrupted run would see,
 and DDP ranks never overlap.
 
+With `lengths`, each epoch's permutation is grouped by length (fine-tuning's
+`data.group_by_length`): the shuffled epoch is cut into chunks of `group_batches` global
+batches, each chunk is sorted by length, cut into global batches, and those batches are
+shuffled within the chunk. Batches then hold rows of similar length (little padding) while the
+order stays random; it is still a function of (seed, epoch), so resume stays exact. A grouped
+epoch is a whole number of global batches, so that every epoch starts on a batch boundary and
+no batch mixes two epochs' groups: the `n mod G` rows left over are a random few that each
+epoch leaves out (as `drop_last`). An eval pass with `lengths` goes through the rows sorted by
+length (longest first), which changes no metric and pads little.
+
 The sampler yields lists of `(index, batch_seed)` keys; datasets unpack them so the collator
 can seed its `torch.Generator` per batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -37,15 +47,26 @@ class StreamBatchSampler:
         shuffle: endless shuffled stream (train) vs. a single ordered pass (eval).
         rank / world_size: DDP sharding (each rank takes its slice of every global batch).
         drop_last: eval only — keep or drop a final partial batch.
+        lengths: the length of each example: training batches are grouped by length, an eval pass
+            is sorted by length (see above).
+        group_batches: global batches per length-sorted chunk.
     """
 
     def __init__(
         self, n: int, batch_size: int, *, num_batches: int | None = None, seed: int = 0, shuffle: bool = True,
-        rank: int = 0, world_size: int = 1, drop_last: bool = False,
+        rank: int = 0, world_size: int = 1, drop_last: bool = False, lengths: Sequence[int] | None = None,
+        group_batches: int = 50,
     ) -> None:
         if n <= 0:
             raise ValueError("dataset is empty: nothing to sample (corpus too small for the sequence length?)")
+        if lengths is not None and len(lengths) != n:
+            raise ValueError(f"lengths has {len(lengths)} entries for {n} examples")
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
+        self.group_batches = int(group_batches)
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        G = batch_size * world_size
+        # stream positions per epoch: all rows, or whole global batches of them when grouping by length
+        self.epoch_len = n if self.lengths is None or n < G else (n // G) * G
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         global_bs = batch_size * world_size
         if shuffle:
@@ -60,19 +81,40 @@ class StreamBatchSampler:
     def _perm(self, epoch: int) -> np.ndarray:
         if self._perm_cache is None or self._perm_cache[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            self._perm_cache = (epoch, rng.permutation(self.n))
+            perm = rng.permutation(self.n)
+            self._perm_cache = (epoch, perm if self.lengths is None else self._grouped(perm[:self.epoch_len], rng))
         return self._perm_cache[1]
+
+    def _eval_order(self) -> np.ndarray:
+        if self._perm_cache is None:
+            self._perm_cache = (-1, np.argsort(-self.lengths, kind="stable"))  # longest first
+        return self._perm_cache[1]
+
+    def _grouped(self, perm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`perm` regrouped so that each global batch holds rows of similar length (module docstring)."""
+        G = self.batch_size * self.world_size
+        chunk_size = G * max(1, self.group_batches)
+        out = []
+        for lo in range(0, len(perm), chunk_size):
+            chunk = perm[lo:lo + chunk_size]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]  # longest first
+            batches = [chunk[i:i + G] for i in range(0, len(chunk), G)]
+            full = len(chunk) // G  # a final partial batch stays last, so later batches keep their alignment
+            out.extend(batches[i] for i in rng.permutation(full))
+            out.extend(batches[full:])
+        return np.concatenate(out)
 
     def global_batch_indices(self, b: int) -> np.ndarray:
         G = self.batch_size * self.world_size
         lo = b * G + self.rank * self.batch_size
         pos = np.arange(lo, lo + self.batch_size)
         if not self.shuffle:
-            return pos[pos < self.n]
+            pos = pos[pos < self.n]
+            return pos if self.lengths is None else self._eval_order()[pos]
         out = np.empty(self.batch_size, dtype=np.int64)
-        for e in np.unique(pos // self.n):
-            sel = (pos // self.n) == e
-            out[sel] = self._perm(int(e))[pos[sel] % self.n]
+        for e in np.unique(pos // self.epoch_len):
+            sel = (pos // self.epoch_len) == e
+            out[sel] = self._perm(int(e))[pos[sel] % self.epoch_len]
         return out
 
     def __len__(self) -> int:

@@ -173,9 +173,27 @@ class LitModule(L.LightningModule):
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
     # ------------------------------------------------------------------ optimization
+    def _total_steps(self) -> int | float:
+        """Optimizer steps of the whole run (the LR schedule's length).
+
+        With `max_epochs` set, Lightning's `estimated_stepping_batches` builds the train loader and
+        starts its iterator to count batches, and it does so here, before a resumed run's loop
+        state is restored: that iterator would replay the data stream from batch 0. So count from
+        a loader object of our own (never iterated) instead.
+        """
+        t = self.trainer
+        dm = t.datamodule
+        if t.max_epochs in (None, -1) or dm is None:
+            return t.estimated_stepping_batches  # step-based: Lightning reads max_steps, touches no data
+        batches = len(dm.train_dataloader())
+        limit = t.limit_train_batches
+        batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * float(limit))
+        steps = math.ceil(batches / t.accumulate_grad_batches) * max(t.max_epochs, 1)
+        return min(steps, t.max_steps) if t.max_steps != -1 else steps
+
     def configure_optimizers(self):
         opt = build_optimizer(self, self.optimizer_factory, self.weight_decay)  # model + objective heads
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self._total_steps()
         if not math.isfinite(total) or total <= 0:
             raise ValueError("set trainer.max_steps (or max_epochs) so the LR schedule knows its length")
         warmup = warmup_steps_for(total, self.warmup_steps, self.warmup_ratio)

@@ -39,3 +39,14 @@ class NaNGradAt(L.Callback):
         if trainer.global_step in self.steps:
             p = next(p for p in pl_module.parameters() if p.grad is not None)
             p.grad.view(-1)[0] = torch.nan
+
+
+class CrashAt(L.Callback):
+    """Raise RuntimeError("simulated crash") at the start of training step `step` (in-process runs)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = int(step)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")

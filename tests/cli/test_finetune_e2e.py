@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, shared_file
+from failure_helpers import CrashAt
 
 from lit_tf.cli.train import train
 
@@ -96,3 +98,72 @@ def test_bring_your_own_data_and_unseen_label_error(compose, tmp_path):
     (tmp_path / "bad.jsonl").write_text("\n".join(json.dumps(r) for r in bad) + "\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:4: label 'neutral' was not seen in the training data"):
         train(compose([*base, f"data.val={tmp_path / 'bad.jsonl'}"]))
+
+
+# ----------------------------------------------------------------------------- lengths and batches
+class _Widths(L.Callback):
+    """Per training batch: its width, its longest real row, and whether any [PAD] sits at a real position."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id, self.widths, self.longest, self.pad_inside = pad_id, [], [], False
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        mask = batch["attention_mask"]
+        self.widths.append(int(mask.shape[1]))
+        self.longest.append(int(mask.sum(1).max()))
+        self.pad_inside |= bool((batch["input_ids"][mask] == self.pad_id).any())
+
+
+def test_batch_widths_follow_the_data_not_the_tokenizer_file(compose, tmp_path):
+    """An HF model dir whose tokenizer.json pads every example to 128 and truncates at 8, as shipped
+    model folders often do: lit_tf ignores both wherever it reads that tokenizer (the HF dir,
+    data.tokenizer.path naming the same file, the checkpoint it writes). `data.max_seq_len` alone
+    cuts, and each batch is as wide as its longest row."""
+    from lit_tf.data.finetune import read_labeled_table
+    from lit_tf.data.tokenizer import PAD, TokenizerSpec, train_tokenizer
+    from lit_tf.lit.checkpoint import load_checkpoint
+    from lit_tf.models import BertConfig, BertForSequenceClassification
+    from lit_tf.models.hf import export_hf
+
+    rows = read_labeled_table(shared_file("sst2/train.tsv"), ["sentence"], "label")[:2000]
+    tok = train_tokenizer(TokenizerSpec(vocab_size=800, lowercase=True), [r["sentence"] for r in rows])
+    tok.enable_padding(pad_id=tok.token_to_id(PAD), pad_token=PAD, length=128)
+    tok.enable_truncation(max_length=8)
+    tj = tmp_path / "tokenizer.json"
+    tok.save(str(tj))
+    cfg = BertConfig(vocab_size=tok.get_vocab_size(), d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=128)
+    hf = export_hf(BertForSequenceClassification(cfg, 2), tj, tmp_path / "hf", labels=["0", "1"])
+    assert json.loads((hf / "tokenizer.json").read_text())["padding"]["strategy"] == {"Fixed": 128}
+
+    rec = _Widths(tok.token_to_id(PAD))
+    m = train(compose(["experiment=finetune_sst2", *SMOKE, f"init_from={hf}", f"data.tokenizer.path={tj}",
+                       "data.max_seq_len=40", "logger=none"]), callbacks=[rec])
+    assert rec.widths == rec.longest  # no all-padding columns: padded to the longest row of each batch
+    assert not rec.pad_inside  # [PAD] never counted as a real token
+    assert max(rec.widths) <= 40 and max(rec.widths) > 8 and len(set(rec.widths)) > 1, rec.widths
+
+    stored = load_checkpoint(m["last_ckpt"]).tokenizer
+    assert stored.padding is None and stored.truncation is None
+    assert len(stored.encode(rows[0]["sentence"] + " " + rows[1]["sentence"]).ids) > 8
+
+
+def test_length_grouped_finetuning_resumes_exactly(compose, tmp_path):
+    """Fine-tuning with length-grouped batches (the default) crashed mid-epoch and resumed from
+    last.ckpt ends with the weights of the uninterrupted run: 24 rows = 3 batches per epoch,
+    8 steps, last.ckpt every 2 steps, crash at step 5 (resume at 4, inside the second epoch)."""
+    common = [
+        "experiment=finetune_sst2", *SMOKE, "data.max_train_examples=24", "trainer.max_steps=8",
+        "callbacks.last_checkpoint.every_n_train_steps=2", "callbacks.early_stopping=null", "logger=none",
+        "data.group_by_length=true",
+    ]
+    ref = train(compose(common, out=tmp_path / "ref"))
+    out = tmp_path / "crash"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose(common, out=out), callbacks=[CrashAt(5)])
+    resumed = train(compose([*common, "ckpt_path=last", "paths.output_dir=${paths.runs_root}/run2"], out=out))
+    a = torch.load(ref["last_ckpt"], map_location="cpu", weights_only=True)
+    b = torch.load(resumed["last_ckpt"], map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 8
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=1e-6, msg=k)
+    assert resumed["val/acc"] == ref["val/acc"]

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from conftest import ROOT, SHARED
+from failure_helpers import CrashAt
 
 from lit_tf.cli.train import train
 
@@ -70,15 +70,6 @@ def test_cli_typo_fails_before_work_with_suggestion(tmp_path):
     assert not (tmp_path / "outputs").exists()  # nothing was started
 
 
-class _CrashAtStep(L.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
-
-
 def test_resume_continues_same_run_with_identical_results(compose, tmp_path):
     common = [*SMOKE, "trainer.max_steps=8", "trainer.val_check_interval=4", "model.dropout=0.1"]
     # uninterrupted reference
@@ -87,7 +78,7 @@ def test_resume_continues_same_run_with_identical_results(compose, tmp_path):
     # the same run, crashed after the step-4 checkpoint, then resumed with ckpt_path=last
     out = tmp_path / "crash"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(compose(common, out=out), callbacks=[_CrashAtStep(4)])
+        train(compose(common, out=out), callbacks=[CrashAt(4)])
     resumed = train(compose([*common, "ckpt_path=last", "paths.output_dir=${paths.runs_root}/run2"], out=out))
 
     assert resumed["run_id"] is not None
