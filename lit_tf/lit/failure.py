@@ -67,7 +67,8 @@ class NonFiniteGuard(L.Callback):
     """Stop on (or skip) optimizer steps whose loss or gradient norm is NaN/inf.
 
     One device->host sync per optimizer step. With `precision=16-mixed` the GradScaler already
-    skips steps with overflowing gradients, so only the loss is checked there.
+    skips steps with overflowing gradients, so only the loss is checked there. A finite gradient
+    norm is logged as `train/grad_norm` and left on the module (`step_grad_norm`) for clipping.
     """
 
     def __init__(self, mode: str = "stop") -> None:
@@ -98,6 +99,10 @@ class NonFiniteGuard(L.Callback):
         if norm is not None:
             ok = ok & torch.isfinite(norm).to(ok.device)
         if bool(ok):  # the one sync
+            if norm is not None:
+                # LitModule clips with this norm instead of computing it a second time, and it is logged
+                pl_module.step_grad_norm = norm
+                pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
             return
         step = trainer.global_step
         what = (f"loss ({float(loss):g})" if loss_ok is not None and not bool(loss_ok)

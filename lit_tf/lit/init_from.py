@@ -65,8 +65,11 @@ def _from_mlflow_run(run_id: str, mlruns_dir: str) -> InitSource:
     ckpts = [f.path for f in client.list_artifacts(run_id, "checkpoints") if f.path.endswith(".ckpt")]
     if not ckpts:
         raise LitTfError(f"init_from={run_id}: that run logged no checkpoint artifact (logger.mlflow.log_checkpoint)")
-    local = client.download_artifacts(run_id, ckpts[0], tempfile.mkdtemp(prefix="lit_tf_init_"))
-    return _from_checkpoint(local, "mlflow_run", parent=run_id)
+    # loaded into memory, then the downloaded copy goes (a temp dir per fine-tuning run used to stay behind)
+    with tempfile.TemporaryDirectory(prefix="lit_tf_init_") as tmp:
+        init = _from_checkpoint(client.download_artifacts(run_id, ckpts[0], tmp), "mlflow_run", parent=run_id)
+    init.path = f"runs:/{run_id}/{ckpts[0]}"
+    return init
 
 
 def resolve_init(init_from: str | None, mlruns_dir: str) -> InitSource:

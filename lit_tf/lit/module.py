@@ -74,6 +74,8 @@ class LitModule(L.LightningModule):
         self.reports: dict[str, dict[str, dict]] = {}  # split -> stream -> metric report (after each epoch)
         # Real (non-padding) tokens trained on by this rank; a buffer so checkpoints carry it.
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.float64), persistent=True)
+        # This step's total gradient norm, when NonFiniteGuard has computed it (clipping reuses it).
+        self.step_grad_norm: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ steps
     def forward(self, *args: Any, **kwargs: Any):
@@ -190,6 +192,18 @@ class LitModule(L.LightningModule):
         batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * float(limit))
         steps = math.ceil(batches / t.accumulate_grad_batches) * max(t.max_epochs, 1)
         return min(steps, t.max_steps) if t.max_steps != -1 else steps
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by norm with the norm NonFiniteGuard computed for this step (the same function over
+        the same gradients, so the same value): one pass over the gradients instead of two. Sharded
+        strategies (whose norm needs their own reduction) and other algorithms use Lightning's."""
+        norm, self.step_grad_norm = self.step_grad_norm, None
+        full_grads = type(self.trainer.strategy).__name__ in ("SingleDeviceStrategy", "DDPStrategy")
+        if norm is not None and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm" and full_grads:
+            grads = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(grads, float(gradient_clip_val), norm)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
 
     def configure_optimizers(self):
         opt = build_optimizer(self, self.optimizer_factory, self.weight_decay)  # model + objective heads

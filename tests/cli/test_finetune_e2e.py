@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -37,7 +38,9 @@ def pretrained(tmp_path_factory, cache_dir):
 def test_finetune_from_mlflow_run_keeps_lineage_and_reports(compose, pretrained, tmp_path):
     pre, mlruns = pretrained
     cfg = compose(["experiment=finetune_sst2", *SMOKE, f"init_from={pre['run_id']}", f"paths.mlruns_dir={mlruns}"])
+    downloads = set(Path(tempfile.gettempdir()).glob("lit_tf_init_*"))
     m = train(cfg)
+    assert set(Path(tempfile.gettempdir()).glob("lit_tf_init_*")) == downloads  # the downloaded copy is gone
     assert 0.0 <= m["test/acc"] <= 1.0 and "val/acc" in m and "val/f1" in m
     from mlflow.tracking import MlflowClient
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import ROOT, SHARED
@@ -119,3 +120,24 @@ def test_mlm_loss_falls_on_real_text(compose):
     # unigram plateau (the share of the most frequent token) and moves within its own noise.
     assert val[-1].value < start - 1.0, (start, curve)
     assert val[-1].value < val[0].value - 0.3, curve  # still improving after the first validation
+
+
+class _LightningClips(L.Callback):
+    """Drop the guard's norm so LitModule falls back to Lightning's own clip_gradients."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        pl_module.step_grad_norm = None
+
+
+def test_clipping_reuses_the_guard_norm_and_matches_lightning(compose, tmp_path):
+    """Clipping by norm with the norm NonFiniteGuard already computed gives bitwise the weights of
+    Lightning's own clipping, and clipping really acts (a small clip value changes the weights)."""
+    common = [*SMOKE, "trainer.gradient_clip_val=0.05", "logger=none"]
+    ours = train(compose(common, out=tmp_path / "ours"))
+    lightning = train(compose(common, out=tmp_path / "lightning"), callbacks=[_LightningClips()])
+    unclipped = train(compose([*common, "trainer.gradient_clip_val=null"], out=tmp_path / "none"))
+    a, b, c = (torch.load(m["last_ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+               for m in (ours, lightning, unclipped))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+    assert ours["train/grad_norm"] > 0.05  # the logged pre-clipping norm: clipping was active
