@@ -124,6 +124,7 @@ def test_batch_widths_follow_the_data_not_the_tokenizer_file(compose, tmp_path):
     cuts, and each batch is as wide as its longest row."""
     from lit_tf.data.finetune import read_labeled_table
     from lit_tf.data.tokenizer import PAD, TokenizerSpec, train_tokenizer
+    from lit_tf.errors import LitTfError
     from lit_tf.lit.checkpoint import load_checkpoint
     from lit_tf.models import BertConfig, BertForSequenceClassification
     from lit_tf.models.hf import export_hf
@@ -144,6 +145,10 @@ def test_batch_widths_follow_the_data_not_the_tokenizer_file(compose, tmp_path):
     assert rec.widths == rec.longest  # no all-padding columns: padded to the longest row of each batch
     assert not rec.pad_inside  # [PAD] never counted as a real token
     assert max(rec.widths) <= 40 and max(rec.widths) > 8 and len(set(rec.widths)) > 1, rec.widths
+
+    # the model's position table caps data.max_seq_len, with an error naming both
+    with pytest.raises(LitTfError, match=r"data.max_seq_len=129 exceeds max_position_embeddings=128"):
+        train(compose(["experiment=finetune_sst2", *SMOKE, f"init_from={hf}", "data.max_seq_len=129", "logger=none"]))
 
     stored = load_checkpoint(m["last_ckpt"]).tokenizer
     assert stored.padding is None and stored.truncation is None
