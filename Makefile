@@ -25,11 +25,13 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 
+# one pytest worker per core; a test file stays on one worker (the README commands run in order)
+WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile $(ARGS)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m "" $(ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile -m "" $(ARGS)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \

@@ -35,12 +35,15 @@ def pretrained(tmp_path_factory, cache_dir):
     return m, out / "mlruns"
 
 
-def test_finetune_from_mlflow_run_keeps_lineage_and_reports(compose, pretrained, tmp_path):
+def test_finetune_from_mlflow_run_keeps_lineage_and_reports(compose, pretrained, tmp_path, monkeypatch):
     pre, mlruns = pretrained
     cfg = compose(["experiment=finetune_sst2", *SMOKE, f"init_from={pre['run_id']}", f"paths.mlruns_dir={mlruns}"])
-    downloads = set(Path(tempfile.gettempdir()).glob("lit_tf_init_*"))
+    temp = tmp_path / "temp"  # this test's own temp folder: other tests (or workers) may download too
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     m = train(cfg)
-    assert set(Path(tempfile.gettempdir()).glob("lit_tf_init_*")) == downloads  # the downloaded copy is gone
+    monkeypatch.undo()
+    assert not list(temp.iterdir())  # the checkpoint downloaded from the MLflow run is gone
     assert 0.0 <= m["test/acc"] <= 1.0 and "val/acc" in m and "val/f1" in m
     from mlflow.tracking import MlflowClient
 

@@ -131,13 +131,11 @@ class _LightningClips(L.Callback):
 
 def test_clipping_reuses_the_guard_norm_and_matches_lightning(compose, tmp_path):
     """Clipping by norm with the norm NonFiniteGuard already computed gives bitwise the weights of
-    Lightning's own clipping, and clipping really acts (a small clip value changes the weights)."""
+    Lightning's own clipping (had it not clipped, or clipped with another norm, they would differ:
+    the logged pre-clipping norm is above the clip value, so clipping acted)."""
     common = [*SMOKE, "trainer.gradient_clip_val=0.05", "logger=none"]
     ours = train(compose(common, out=tmp_path / "ours"))
     lightning = train(compose(common, out=tmp_path / "lightning"), callbacks=[_LightningClips()])
-    unclipped = train(compose([*common, "trainer.gradient_clip_val=null"], out=tmp_path / "none"))
-    a, b, c = (torch.load(m["last_ckpt"], map_location="cpu", weights_only=True)["state_dict"]
-               for m in (ours, lightning, unclipped))
+    a, b = (torch.load(m["last_ckpt"], map_location="cpu", weights_only=True)["state_dict"] for m in (ours, lightning))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
-    assert ours["train/grad_norm"] > 0.05  # the logged pre-clipping norm: clipping was active
+    assert ours["train/grad_norm"] > 0.05
