@@ -54,8 +54,10 @@ def default_model() -> str | None:
 
 
 def shared_data() -> Path:
-    env = os.environ.get("LIT_TF_SHARED_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    """The shared data folder as lit_tf's own config resolves it (`paths.shared_data`)."""
+    from lit_tf.cli.train import compose_config
+
+    root = Path(compose_config([]).paths.shared_data)
     if not root.is_dir():
         raise SystemExit(f"shared data folder not found at {root} (set LIT_TF_SHARED_DATA)")
     return root
@@ -180,9 +182,9 @@ def run_fb(a: argparse.Namespace) -> dict:
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=len(labels))
     ours.train(), hf.train()
     out = {}
+    full = encode_classification(tok, rows[:4000], fields, labels, 512)  # untruncated lengths, once
     for width in (8, 16, 32):
-        long_rows = [r for r, e in zip(rows, encode_classification(tok, rows[:4000], fields, labels, 512))
-                     if len(e["input_ids"]) >= width][: a.batch // 2]  # half the batch reaches `width`
+        long_rows = [r for r, e in zip(rows, full) if len(e["input_ids"]) >= width][: a.batch // 2]  # reach `width`
         ex = encode_classification(tok, long_rows + rows[: a.batch - len(long_rows)], fields, labels, width)
         b = collate_classification(ex, tok.token_to_id("[PAD]"))
         times: dict[str, list[float]] = {"ours": [], "hf": []}

@@ -64,11 +64,12 @@ class StreamBatchSampler:
         self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
         self.group_batches = int(group_batches)
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
-        G = batch_size * world_size
-        # stream positions per epoch: all rows, or whole global batches of them when grouping by length
-        self.epoch_len = n if self.lengths is None or n < G else (n // G) * G
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         global_bs = batch_size * world_size
+        # stream positions per epoch: all rows, or whole global batches of them when grouping by length
+        self.epoch_len = n if self.lengths is None or n < global_bs else (n // global_bs) * global_bs
+        # an eval pass with lengths: longest first
+        self._eval_order = None if self.lengths is None else np.argsort(-self.lengths, kind="stable")
         if shuffle:
             self.num_batches = num_batches if num_batches is not None else max(1, n // global_bs)
         else:
@@ -85,11 +86,6 @@ class StreamBatchSampler:
             self._perm_cache = (epoch, perm if self.lengths is None else self._grouped(perm[:self.epoch_len], rng))
         return self._perm_cache[1]
 
-    def _eval_order(self) -> np.ndarray:
-        if self._perm_cache is None:
-            self._perm_cache = (-1, np.argsort(-self.lengths, kind="stable"))  # longest first
-        return self._perm_cache[1]
-
     def _grouped(self, perm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """`perm` regrouped so that each global batch holds rows of similar length (module docstring)."""
         G = self.batch_size * self.world_size
@@ -99,7 +95,7 @@ class StreamBatchSampler:
             chunk = perm[lo:lo + chunk_size]
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]  # longest first
             batches = [chunk[i:i + G] for i in range(0, len(chunk), G)]
-            full = len(chunk) // G  # a final partial batch stays last, so later batches keep their alignment
+            full = len(chunk) // G  # a partial batch (only when n < G) stays last
             out.extend(batches[i] for i in rng.permutation(full))
             out.extend(batches[full:])
         return np.concatenate(out)
@@ -110,7 +106,7 @@ class StreamBatchSampler:
         pos = np.arange(lo, lo + self.batch_size)
         if not self.shuffle:
             pos = pos[pos < self.n]
-            return pos if self.lengths is None else self._eval_order()[pos]
+            return pos if self._eval_order is None else self._eval_order[pos]
         out = np.empty(self.batch_size, dtype=np.int64)
         for e in np.unique(pos // self.epoch_len):
             sel = (pos // self.epoch_len) == e

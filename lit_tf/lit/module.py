@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -198,7 +199,8 @@ class LitModule(L.LightningModule):
         the same gradients, so the same value): one pass over the gradients instead of two. Sharded
         strategies (whose norm needs their own reduction) and other algorithms use Lightning's."""
         norm, self.step_grad_norm = self.step_grad_norm, None
-        full_grads = type(self.trainer.strategy).__name__ in ("SingleDeviceStrategy", "DDPStrategy")
+        # exact types: subclasses such as DeepSpeed's clip (and reduce) on their own
+        full_grads = type(self.trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)
         if norm is not None and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm" and full_grads:
             grads = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             torch.nn.utils.clip_grads_with_norm_(grads, float(gradient_clip_val), norm)
