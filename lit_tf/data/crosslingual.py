@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from lit_tf.data import text
 from lit_tf.data.atomic import build_once
 from lit_tf.data.pretraining import CLMCollator, MLMCollator, PackedBlockDataset, _split_key
-from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler, StreamDataModule, batch_seed
+from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler, StreamDataModule
 from lit_tf.data.shards import TokenShard, _is_val_doc, _SplitWriter, build_or_load_shards, token_dtype
 from lit_tf.data.tokenizer import (
     CLS,
@@ -242,8 +242,9 @@ class MixtureBatchSampler:
             keys = []
             for term, picker in self.pickers.items():
                 stream = picker.sample(b)
-                s = batch_seed(self.seed, b, self.rank) ^ zlib.crc32(term.encode())
-                keys += [(stream, int(j), s) for j in self.samplers[stream].global_batch_indices(b)]
+                idx, seeds = self.samplers[stream].batch_keys(b)
+                salt = zlib.crc32(term.encode())  # two terms drawing the same stream mask differently
+                keys += [(stream, int(j), int(s) ^ salt) for j, s in zip(idx, seeds)]
             yield keys
 
 

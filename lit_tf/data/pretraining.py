@@ -3,10 +3,10 @@
 - `PackedBlockDataset`: RoBERTa-style full sequences: `[CLS] tokens... [SEP]` blocks cut from the
   token stream, with a `[SEP]` inserted where a document ends inside a block.
 - `SentencePairDataset`: BERT NSP pairs `[CLS] A [SEP] B [SEP]`, 50% true next segment.
-- `MLMCollator`: dynamic padding + dynamic masking (80/10/10, optional whole-word) seeded per batch.
+- `MLMCollator`: dynamic padding + dynamic masking (80/10/10, optional whole-word) seeded per row.
 
-Datasets take keys `(index, batch_seed)` from `lit_tf.data.sampling.StreamBatchSampler` and pass
-the seed through to the collator, so masking is a pure function of (seed, batch position).
+Datasets take keys `(index, row_seed)` from `lit_tf.data.sampling.StreamBatchSampler` and pass
+the seed through to the collator, so masking is a pure function of (seed, batch, position in it).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def pad_examples(examples: Sequence[Mapping], pad_id: int, multiple: int | None 
 
 @dataclass
 class MLMCollator:
-    """Pads a list of examples and applies dynamic MLM masking with a per-batch generator."""
+    """Pads a list of examples and applies dynamic MLM masking, each row from its own seed."""
 
     pad_id: int
     mask_id: int
@@ -149,10 +149,10 @@ class MLMCollator:
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         word_start = batch.pop("word_start", None)
         special = (input_ids < self.n_special) | ~attention_mask
-        gen = torch.Generator().manual_seed(int(examples[0]["seed"]) % (2**63))
+        seeds = torch.tensor([int(e["seed"]) for e in examples], dtype=torch.long)
         word_ids = word_ids_from_word_starts(word_start, special) if self.whole_word else None
         batch["input_ids"], batch["mlm_labels"] = mask_tokens(
-            input_ids, special_mask=special, mask_id=self.mask_id, vocab_size=self.vocab_size, generator=gen,
+            input_ids, special_mask=special, mask_id=self.mask_id, vocab_size=self.vocab_size, row_seeds=seeds,
             mlm_probability=self.mlm_probability, mask_ratio=self.mask_ratio, random_ratio=self.random_ratio,
             word_ids=word_ids, random_token_low=self.n_special,
         )

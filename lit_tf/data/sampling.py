@@ -3,9 +3,10 @@
 Training reads an endless stream of shuffled epochs: position p of the stream is
 `perm_e[p % n]` with `e = p // n` and `perm_e` a permutation seeded by `(seed, e)`. Global
 batch b covers stream positions `[b*G, (b+1)*G)` with `G = batch_size * world_size`, and rank r
-takes its own `batch_size` slice. So every batch, and the per-batch masking seed, depends only
-on (seed, b, rank): resuming at batch b reproduces exactly what an uninterrupted run would see,
-and DDP ranks never overlap.
+takes its own `batch_size` slice. Each row also gets a masking seed from (seed, b, its position in
+the global batch). So every batch and its masks depend only on (seed, b, rank): resuming at batch b
+reproduces exactly what an uninterrupted run would see, DDP ranks never overlap, and a global batch
+is the same rows with the same masks whether one process or N ranks handle it.
 
 With `lengths`, each epoch's permutation is grouped by length (fine-tuning's
 `data.group_by_length`): the shuffled epoch is cut into chunks of `group_batches` global
@@ -17,8 +18,8 @@ no batch mixes two epochs' groups: the `n mod G` rows left over are a random few
 epoch leaves out (as `drop_last`). An eval pass with `lengths` goes through the rows sorted by
 length (longest first), which changes no metric and pads little.
 
-The sampler yields lists of `(index, batch_seed)` keys; datasets unpack them so the collator
-can seed its `torch.Generator` per batch.
+The sampler yields lists of `(index, row_seed)` keys; datasets unpack them so the collator can
+mask each row from its own seed.
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ import torch
 from torch.utils.data import DataLoader
 
 
-def batch_seed(seed: int, batch: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, batch, rank]).generate_state(1)[0])
+def row_seeds(seed: int, batch: int, positions: np.ndarray) -> np.ndarray:
+    """Masking seeds (uint32 values as int64) of the rows at `positions` of global batch `batch`:
+    a function of the global position, so they do not depend on how ranks split the batch."""
+    base = np.random.SeedSequence([seed, batch]).generate_state(1)[0].astype(np.uint64)
+    return ((base + np.asarray(positions, dtype=np.uint64) * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)).astype(np.int64)
 
 
 class StreamBatchSampler:
-    """Batches of `(index, batch_seed)` over an endless epoch stream (train) or one ordered pass (eval).
+    """Batches of `(index, row_seed)` over an endless epoch stream (train) or one ordered pass (eval).
 
     Args:
         n: dataset size.
@@ -101,17 +105,22 @@ class StreamBatchSampler:
         return np.concatenate(out)
 
     def global_batch_indices(self, b: int) -> np.ndarray:
+        return self.batch_keys(b)[0]
+
+    def batch_keys(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """(dataset indices, row seeds) of this rank's slice of global batch `b`."""
         G = self.batch_size * self.world_size
         lo = b * G + self.rank * self.batch_size
         pos = np.arange(lo, lo + self.batch_size)
         if not self.shuffle:
             pos = pos[pos < self.n]
-            return pos if self._eval_order is None else self._eval_order[pos]
-        out = np.empty(self.batch_size, dtype=np.int64)
-        for e in np.unique(pos // self.epoch_len):
-            sel = (pos // self.epoch_len) == e
-            out[sel] = self._perm(int(e))[pos[sel] % self.epoch_len]
-        return out
+            idx = pos if self._eval_order is None else self._eval_order[pos]
+        else:
+            idx = np.empty(self.batch_size, dtype=np.int64)
+            for e in np.unique(pos // self.epoch_len):
+                sel = (pos // self.epoch_len) == e
+                idx[sel] = self._perm(int(e))[pos[sel] % self.epoch_len]
+        return idx, row_seeds(self.seed, b, pos - b * G)
 
     def __len__(self) -> int:
         return self.num_batches
@@ -120,11 +129,10 @@ class StreamBatchSampler:
         skip, self._skip = self._skip, 0
         for i in range(skip, self.num_batches):
             b = self.start_batch + i
-            idx = self.global_batch_indices(b)
+            idx, seeds = self.batch_keys(b)
             if len(idx) == 0:
                 return
-            s = batch_seed(self.seed, b, self.rank)
-            yield [(int(j), s) for j in idx]
+            yield [(int(j), int(s)) for j, s in zip(idx, seeds)]
 
 
 class ResumableLoader(DataLoader):

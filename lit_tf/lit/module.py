@@ -67,7 +67,6 @@ class LitModule(L.LightningModule):
         self.val_names = tuple(dict.fromkeys((*objective.val_terms, *objective.terms)))
         self.val_loss = nn.ModuleDict({_key(t): MeanMetric() for t in self.val_names})
         self.val_acc = nn.ModuleDict({_key(t): MeanMetric() for t in self.val_names})
-        self.val_total = MeanMetric()
         self.streams = {"val": tuple(val_streams), "test": tuple(test_streams)}
         self.eval_metrics = nn.ModuleDict(
             {f"{split}__{_key(st) or '_'}": eval_metrics() for split, sts in self.streams.items() for st in sts}
@@ -104,7 +103,6 @@ class LitModule(L.LightningModule):
         for name, (c, n) in out.accuracy.items():
             if n > 0 and _key(name) in self.val_acc:
                 self.val_acc[_key(name)].update(c.float() / n, weight=n)
-        self.val_total.update(out.loss, weight=sum(p["input_ids"].shape[0] for p in _flat_batches(batch)))
         self._update_eval("val", dataloader_idx, out)
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -134,15 +132,16 @@ class LitModule(L.LightningModule):
             logged.update({prefix + k: v for k, v in metric.compute().items()})
             self.reports[split][stream] = metric.report()
             metric.reset()
-        self.log_dict(logged, add_dataloader_idx=False, prog_bar=split == "val")
+        self.log_dict(logged, add_dataloader_idx=False, prog_bar=split == "val", sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        metrics = {"val/loss": self.val_total.compute()}
-        self.val_total.reset()
+        # Each term's mean is token-weighted over the whole evaluation (all batches, all ranks), and
+        # val/loss is the objective's own mix of those means: exact whatever the number of ranks.
+        metrics, means = {}, {}
         for name in self.val_names:
             loss_m, acc_m = self.val_loss[_key(name)], self.val_acc[_key(name)]
             if loss_m.update_called:
-                loss = loss_m.compute()
+                loss = means[name] = loss_m.compute()
                 metrics[f"val/{name}_loss"] = loss
                 if name.rsplit("/", 1)[-1] in PPL_TERMS:
                     metrics[f"val/{name}_ppl"] = torch.exp(loss.clamp(max=50.0))
@@ -150,14 +149,19 @@ class LitModule(L.LightningModule):
                 metrics[f"val/{name}_acc"] = acc_m.compute()
             loss_m.reset()
             acc_m.reset()
+        if means:
+            metrics["val/loss"] = self.objective.combine({k: (v, torch.ones_like(v)) for k, v in means.items()},
+                                                         self.global_step)
         terms = tuple(self.objective.terms)
         if len(terms) == 1 and terms[0] in PPL_TERMS and f"val/{terms[0]}_loss" in metrics:
             metrics["val/ppl"] = metrics[f"val/{terms[0]}_ppl"]  # a single-term LM: its perplexity
         self._log_eval("val")
         main = self.val_names[0]
         shown = {k: v for k, v in metrics.items() if k in (f"val/{main}_loss", f"val/{main}_acc")}
-        self.log_dict(shown, prog_bar=True, add_dataloader_idx=False)
-        self.log_dict({k: v for k, v in metrics.items() if k not in shown}, add_dataloader_idx=False)
+        # torchmetrics already reduced these over ranks; sync_dist averages equal values (exact) and
+        # keeps Lightning from warning about unsynced epoch metrics
+        self.log_dict(shown, prog_bar=True, add_dataloader_idx=False, sync_dist=True)
+        self.log_dict({k: v for k, v in metrics.items() if k not in shown}, add_dataloader_idx=False, sync_dist=True)
 
     # ------------------------------------------------------------------ exact resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from lit_tf.objectives.losses import IGNORE_INDEX, _sum_cross_entropy, masked_accuracy
-from lit_tf.objectives.pretraining import ObjectiveOutput, _mean
+from lit_tf.objectives.pretraining import ObjectiveOutput, OneTermObjective
 
 
 def classifier_forward(model: nn.Module, batch: Mapping[str, Tensor]):
@@ -24,7 +24,7 @@ def classifier_forward(model: nn.Module, batch: Mapping[str, Tensor]):
     return model(batch["input_ids"], **kwargs)
 
 
-class SequenceClassificationObjective:
+class SequenceClassificationObjective(OneTermObjective):
     """Cross-entropy over one label per sequence (single sentences or pairs)."""
 
     terms = ("cls",)
@@ -34,12 +34,12 @@ class SequenceClassificationObjective:
         logits = classifier_forward(model, batch).logits  # (B, K)
         term = _sum_cross_entropy(logits, batch["labels"])
         return ObjectiveOutput(
-            loss=_mean(term), terms={"cls": term}, accuracy={"cls": masked_accuracy(logits.detach(), batch["labels"])},
+            loss=self.combine({"cls": term}), terms={"cls": term}, accuracy={"cls": masked_accuracy(logits.detach(), batch["labels"])},
             predictions={"cls": (logits.detach().argmax(-1), batch["labels"])},
         )
 
 
-class TokenClassificationObjective:
+class TokenClassificationObjective(OneTermObjective):
     """Cross-entropy over the first sub-token of every word (IGNORE_INDEX elsewhere)."""
 
     terms = ("tok",)
@@ -51,6 +51,6 @@ class TokenClassificationObjective:
         term = _sum_cross_entropy(logits, labels)
         preds = logits.detach().argmax(-1).masked_fill(labels == IGNORE_INDEX, IGNORE_INDEX)  # (B, T)
         return ObjectiveOutput(
-            loss=_mean(term), terms={"tok": term}, accuracy={"tok": masked_accuracy(logits.detach(), labels)},
+            loss=self.combine({"tok": term}), terms={"tok": term}, accuracy={"tok": masked_accuracy(logits.detach(), labels)},
             predictions={"tok": (preds, labels)},
         )

@@ -1,8 +1,12 @@
 """BERT-style masked-language-model corruption (token-level and whole-word).
 
 Everything here is a pure function: randomness comes only from the explicit
-``torch.Generator`` argument, inputs are never mutated, and the same generator
-state always yields the same output.
+per-row seeds, inputs are never mutated, and the same seeds always yield the same
+output. The draws are counter-based (a hash of (row seed, position, purpose)), not
+a generator stream: a row's corruption depends on its own seed and tokens only,
+never on which rows share its batch or how wide the batch is padded. So a global
+batch split over N data-parallel ranks is masked exactly as one process would mask
+it, and validation metrics do not depend on the number of ranks.
 
 Both modes share one implementation built on *masking units*: in token-level mode
 every eligible token is its own unit, in whole-word mode every word is a unit.
@@ -18,7 +22,7 @@ from torch import Tensor
 
 from lit_tf.objectives.losses import IGNORE_INDEX
 
-__all__ = ["mask_tokens", "word_ids_from_word_starts"]
+__all__ = ["keyed_uniform", "mask_tokens", "word_ids_from_word_starts"]
 
 
 def _validate(
@@ -94,9 +98,36 @@ def _word_units(word_ids: Tensor, eligible: Tensor) -> tuple[Tensor, Tensor]:
     return unit, torch.div(uniq, span, rounding_mode="floor")
 
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
-    """Uniform [0, 1) draws from ``generator`` (on its device), moved to ``device``."""
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: Tensor, c: int) -> Tensor:
+    """(x * c) mod 2**32 for int64 `x` in [0, 2**32), in 16-bit halves so no product overflows int64."""
+    lo = (x & 0xFFFF) * c
+    hi = (((x >> 16) * c) & 0xFFFF) << 16
+    return (lo + hi) & _M32
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash with good avalanche (C. Wellons' "lowbias32" constants)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+# what a draw is for: its own stream of the row's randomness
+_SELECT, _FALLBACK, _DECIDE, _REPLACE = range(4)
+
+
+def keyed_uniform(row_seeds: Tensor, positions: Tensor, purpose: int) -> Tensor:
+    """Uniform [0, 1) float32 draws, one per element: a function of (row seed, position, purpose)
+    only. `row_seeds` and `positions` broadcast against each other; seeds use their low 32 bits."""
+    seed = row_seeds.long() & _M32
+    counter = (positions.long() * 4 + purpose) & _M32
+    h = _mix32(seed ^ _mix32(counter ^ 0x9E3779B9))
+    return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))  # 24 bits: exact in float32
 
 
 def mask_tokens(
@@ -105,7 +136,7 @@ def mask_tokens(
     special_mask: Tensor,
     mask_id: int,
     vocab_size: int,
-    generator: torch.Generator,
+    row_seeds: Tensor,
     mlm_probability: float = 0.15,
     mask_ratio: float = 0.8,
     random_ratio: float = 0.1,
@@ -121,7 +152,9 @@ def mask_tokens(
         mask_id: id of the ``[MASK]`` token.
         vocab_size: vocabulary size; random replacements are drawn from
             ``[random_token_low, vocab_size)``.
-        generator: the only source of randomness.
+        row_seeds: ``(B,)`` integer seed of each row, the only source of randomness
+            (see the module docstring); data loaders derive it from the run seed and the
+            row's place in its global batch.
         mlm_probability: probability of selecting each eligible token (or word).
         mask_ratio: share of selected units replaced by ``mask_id``.
         random_ratio: share of selected units replaced by random tokens; the rest
@@ -155,6 +188,9 @@ def mask_tokens(
     )
     device = input_ids.device
     B, T = input_ids.shape
+    if row_seeds.shape != (B,):
+        raise ValueError(f"row_seeds must have shape ({B},); got {tuple(row_seeds.shape)}")
+    row_seeds = row_seeds.to(device)
     eligible = ~special_mask.to(device)
 
     if word_ids is None:
@@ -162,14 +198,22 @@ def mask_tokens(
     else:
         unit, unit_row = _word_units(word_ids.to(device), eligible)
     n_units = unit_row.numel()
+    # A unit is keyed by its row's seed and the position of its first token.
+    positions = torch.arange(T, device=device).expand(B, T)
+    unit_pos = torch.full((n_units,), T, dtype=torch.long, device=device)
+    unit_pos.scatter_reduce_(0, unit[unit >= 0], positions[unit >= 0], reduce="amin")
+    unit_seed = row_seeds[unit_row]
+
+    def draw(purpose: int) -> Tensor:
+        return keyed_uniform(unit_seed, unit_pos, purpose)
 
     # 1) Bernoulli selection per unit.
-    selected = _rand((n_units,), generator, device) < mlm_probability
+    selected = draw(_SELECT) < mlm_probability
 
     # 2) Guarantee >= 1 selected unit per row that has any unit: order units by
     #    (row, random score) and take the first unit of each row as the fallback.
-    fallback_score = _rand((n_units,), generator, device)
-    order = torch.argsort(fallback_score)
+    fallback_score = draw(_FALLBACK)
+    order = torch.argsort(fallback_score, stable=True)  # stable: ties keep position order, as in any batch
     order = order[torch.argsort(unit_row[order], stable=True)]
     rows_sorted = unit_row[order]
     is_first = torch.ones_like(rows_sorted, dtype=torch.bool)
@@ -180,7 +224,7 @@ def mask_tokens(
     selected[order[needs_fallback]] = True
 
     # 3) 80/10/10 decision per unit.
-    decision = _rand((n_units,), generator, device)
+    decision = draw(_DECIDE)
     to_mask = selected & (decision < mask_ratio)
     to_random = selected & (decision >= mask_ratio) & (decision < mask_ratio + random_ratio)
 
@@ -197,9 +241,9 @@ def mask_tokens(
     tok_mask = per_token(to_mask)
     tok_random = per_token(to_random)
 
-    random_tokens = torch.randint(
-        random_token_low, vocab_size, (B, T), generator=generator, device=generator.device
-    ).to(device=device, dtype=input_ids.dtype)
+    n_random = vocab_size - random_token_low
+    u = keyed_uniform(row_seeds.unsqueeze(1), positions, _REPLACE)  # (B, T)
+    random_tokens = (random_token_low + (u * n_random).long().clamp(max=n_random - 1)).to(input_ids.dtype)
 
     labels = torch.where(tok_selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     masked = torch.where(tok_mask, torch.full_like(input_ids, mask_id), input_ids)

@@ -49,6 +49,16 @@ def _mean(c: Count) -> Tensor:
     return s / n.clamp(min=1).to(s.dtype)
 
 
+class OneTermObjective:
+    """An objective whose loss is the mean of its single term (`terms[0]`)."""
+
+    terms: tuple[str, ...]
+
+    def combine(self, terms: Mapping[str, Count], step: int = 0) -> Tensor:
+        """The loss of per-term `(sum, n)` counts: of one batch, or summed over a whole evaluation."""
+        return _mean(terms[self.terms[0]])
+
+
 def _check_weights(weights: Mapping[str, object], expected: set[str], where: str = "objective.weights") -> None:
     extra = set(weights) - expected
     if extra:
@@ -98,11 +108,15 @@ class MaskedLMObjective:
                 raise ValueError("objective.nsp=true needs a model with an NSP head and batches with nsp_labels")
             terms["nsp"] = nsp_loss(out.nsp_logits, batch["nsp_labels"])
             acc["nsp"] = masked_accuracy(out.nsp_logits.detach(), batch["nsp_labels"])
-        return ObjectiveOutput(loss=weighted_sum(terms, self.weights), terms=terms, accuracy=acc)
+        return ObjectiveOutput(loss=self.combine(terms), terms=terms, accuracy=acc)
+
+    def combine(self, terms: Mapping[str, Count], step: int = 0) -> Tensor:
+        """The loss of per-term `(sum, n)` counts: of one batch, or summed over a whole evaluation."""
+        return weighted_sum(terms, self.weights)
 
 
 @dataclass
-class CausalLMObjective:
+class CausalLMObjective(OneTermObjective):
     """Next-token prediction. Batches: `input_ids`, `attention_mask`, `labels` (IGNORE_INDEX at padding)."""
 
     @property
@@ -115,7 +129,7 @@ class CausalLMObjective:
         out = model(batch["input_ids"], attention_mask=batch["attention_mask"])
         term = clm_loss(out.lm_logits, batch["labels"])
         acc = masked_accuracy(*next_token_targets(out.lm_logits.detach(), batch["labels"]))
-        return ObjectiveOutput(loss=_mean(term), terms={"clm": term}, accuracy={"clm": acc})
+        return ObjectiveOutput(loss=self.combine({"clm": term}), terms={"clm": term}, accuracy={"clm": acc})
 
 
 class CrossLingualObjective(nn.Module):
@@ -171,7 +185,7 @@ class CrossLingualObjective(nn.Module):
     def forward(self, model: nn.Module, batch: Mapping[str, Mapping[str, Tensor]], step: int = 0) -> ObjectiveOutput:
         terms: dict[str, Count] = {}
         acc: dict[str, Count] = {}
-        loss: Tensor | float = 0.0
+        weighted: dict[str, Count] = {}  # "<stream>/<term>" (and "adv") -> counts: what the loss mixes
         for name, sub in batch.items():
             term = sub["term"]
             if term == "clm":
@@ -184,19 +198,26 @@ class CrossLingualObjective(nn.Module):
                 out = model(sub["input_ids"], lang_ids=sub.get("lang_ids"), attention_mask=sub["attention_mask"],
                             position_ids=sub.get("position_ids"), mlm_positions=labels != IGNORE_INDEX)
                 terms[name], acc[name] = _masked_lm_term(out.mlm_logits, labels)
-            w = self.weight(term, step, sub.get("stream"))
-            if w:
-                loss = loss + w * _mean(terms[name])
+            weighted[f"{sub.get('stream')}/{term}" if sub.get("stream") else term] = terms[name]
             if self.discriminator is not None and term in ("mlm", "clm") and self.training:
                 pooled = mean_pool(out.hidden, sub["attention_mask"])  # (B, C)
                 adv_logits = self.discriminator(pooled, self.adv_lambda)
                 langs = sub["lang_ids"][:, 0]
-                terms["adv"] = language_adversarial_loss(adv_logits, langs)
+                terms["adv"] = weighted["adv"] = language_adversarial_loss(adv_logits, langs)
                 acc["adv"] = masked_accuracy(adv_logits.detach(), langs)
-                w_adv = self.weight("adv", step)
-                if w_adv:
-                    loss = loss + w_adv * _mean(terms["adv"])
+        loss = self.combine(weighted, step)
+        return ObjectiveOutput(loss=loss, terms=terms, accuracy=acc)
+
+    def combine(self, terms: Mapping[str, Count], step: int = 0) -> Tensor:
+        """The weighted loss of `(sum, n)` counts named `<stream>/<term>` (validation's names), a
+        bare term, or `adv`: of one batch, or summed over a whole evaluation."""
+        loss: Tensor | float = 0.0
+        for name, count in terms.items():
+            stream, _, term = name.rpartition("/")
+            w = self.weight(term, step, stream or None)
+            if w:
+                loss = loss + w * _mean(count)
         if not torch.is_tensor(loss):  # every weight is 0 at this step: keep a graph for backward
             loss = sum(_mean(t) for t in terms.values()) * 0.0
-        return ObjectiveOutput(loss=loss, terms=terms, accuracy=acc)
+        return loss
 

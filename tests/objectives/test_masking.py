@@ -36,7 +36,7 @@ def _mask(ids, special, seed=123, **kw):
         special_mask=special,
         mask_id=MASK_ID,
         vocab_size=VOCAB,
-        generator=_gen(seed),
+        row_seeds=torch.randint(0, 2**32, (ids.shape[0],), generator=_gen(seed)),
         random_token_low=N_SPECIAL,
         **kw,
     )
@@ -234,3 +234,40 @@ def test_word_ids_first_token_without_flag_starts_word():
     word_start = torch.tensor([[0, 0, 1, 0]], dtype=torch.bool)
     special = torch.zeros_like(word_start)
     assert word_ids_from_word_starts(word_start, special).tolist() == [[0, 0, 1, 1]]
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_a_rows_masking_does_not_depend_on_its_batch(whole_word):
+    """Data parallelism splits a global batch over ranks: each rank pads its half to its own
+    width. Every row must come out exactly as when the whole batch is masked in one process."""
+    ids, special = _batch(B=16, T=96, seed=4)
+    seeds = torch.randint(0, 2**32, (16,), generator=_gen(9))
+    word_ids = (word_ids_from_word_starts(torch.rand(ids.shape, generator=_gen(2)) < 0.4, special)
+                if whole_word else None)
+
+    def mask(rows, width):
+        kw = {"word_ids": word_ids[rows, :width]} if whole_word else {}
+        return mask_tokens(ids[rows, :width], special_mask=special[rows, :width], mask_id=MASK_ID,
+                           vocab_size=VOCAB, row_seeds=seeds[rows], random_token_low=N_SPECIAL, **kw)
+
+    full_m, full_l = mask(torch.arange(16), 96)
+    for rows in (torch.arange(8), torch.arange(8, 16), torch.tensor([3, 11, 5])):
+        width = int((~special[rows]).nonzero()[:, 1].max()) + 2  # this shard's own padded width
+        m, lab = mask(rows, width)
+        assert torch.equal(m, full_m[rows, :width]) and torch.equal(lab, full_l[rows, :width])
+    assert (full_l != IGNORE_INDEX).any()
+
+
+def test_keyed_draws_are_uniform_and_independent():
+    from lit_tf.objectives.masking import keyed_uniform
+
+    seeds = torch.arange(2000).unsqueeze(1)
+    u = keyed_uniform(seeds, torch.arange(500).unsqueeze(0), 0)  # (2000, 500)
+    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
+    hist = torch.histc(u, bins=10, min=0.0, max=1.0) / u.numel()
+    assert (hist - 0.1).abs().max() < 0.002, hist  # 1e6 draws: sd of a bin share ~3e-4
+    v = keyed_uniform(seeds, torch.arange(500).unsqueeze(0), 1)  # another purpose: unrelated draws
+    corr = torch.corrcoef(torch.stack([u.flatten(), v.flatten()]))[0, 1]
+    assert abs(float(corr)) < 0.005
+    nxt = torch.corrcoef(torch.stack([u[:, :-1].flatten(), u[:, 1:].flatten()]))[0, 1]  # neighbouring positions
+    assert abs(float(nxt)) < 0.005
