@@ -2,8 +2,9 @@
 
 `init_from` may be
 - a path to a `.ckpt` written by `train.py` (its model config and tokenizer travel inside it);
-- an MLflow run id (32 hex characters) from the local store: its logged checkpoint is used and the
-  new run is tagged with the parent so the MLflow UI shows the lineage;
+- an MLflow run id (32 hex characters) in the run's tracking store (the local store, or the server
+  `logger.mlflow.tracking_uri` names): its logged checkpoint is used and the new run is tagged with
+  the parent so the MLflow UI shows the lineage;
 - a local Hugging Face model directory (`config.json` + weights + `tokenizer.json`; BERT family);
 - null: train from scratch (the baseline) with the `model` config and a tokenizer trained on the
   fine-tuning text.
@@ -52,16 +53,17 @@ def _from_checkpoint(path: str | Path, kind: str = "checkpoint", parent: str | N
                       list(loaded.meta.get("languages") or []), parent, path=str(path))
 
 
-def _from_mlflow_run(run_id: str, mlruns_dir: str) -> InitSource:
+def _from_mlflow_run(run_id: str, tracking_uri: str, where: str) -> InitSource:
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from lit_tf.tracking.mlflow import store_uris
-
-    client = MlflowClient(store_uris(mlruns_dir)[0])
+    client = MlflowClient(tracking_uri)
     try:
         client.get_run(run_id)
-    except Exception as e:  # MlflowException: not found
-        raise LitTfError(f"init_from={run_id}: no such MLflow run in {mlruns_dir}") from e
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # e.g. the server went away: say that, not "no such run"
+            raise LitTfError(f"init_from={run_id}: could not read the run from {where} ({e.message[:300]})") from e
+        raise LitTfError(f"init_from={run_id}: no such MLflow run in {where}") from e
     ckpts = [f.path for f in client.list_artifacts(run_id, "checkpoints") if f.path.endswith(".ckpt")]
     if not ckpts:
         raise LitTfError(f"init_from={run_id}: that run logged no checkpoint artifact (logger.mlflow.log_checkpoint)")
@@ -72,7 +74,9 @@ def _from_mlflow_run(run_id: str, mlruns_dir: str) -> InitSource:
     return init
 
 
-def resolve_init(init_from: str | None, mlruns_dir: str) -> InitSource:
+def resolve_init(init_from: str | None, tracking_uri: str, where: str | None = None) -> InitSource:
+    """Where fine-tuning starts; an MLflow run id is looked up at `tracking_uri` (`where`: how to
+    name that store in errors, e.g. its folder or server URL)."""
     if not init_from:
         return InitSource("scratch")
     spec = str(init_from)
@@ -83,7 +87,7 @@ def resolve_init(init_from: str | None, mlruns_dir: str) -> InitSource:
         _check_hf_dir(path, spec)
         return InitSource("hf", hf_dir=path, path=str(path), tokenizer=_hf_tokenizer(path, spec))
     if RUN_ID.match(spec):
-        return _from_mlflow_run(spec, mlruns_dir)
+        return _from_mlflow_run(spec, tracking_uri, where or tracking_uri)
     raise LitTfError(f"init_from={spec}: no such file or directory, and not an MLflow run id; expected a .ckpt "
                      "written by train.py, a Hugging Face model directory or a 32-hex MLflow run id")
 
@@ -140,7 +144,7 @@ def build_classifier(init: InitSource, task: str, num_labels: int, model_cfg: di
         if family not in ("bert", "xlm"):
             raise LitTfError(f"model.family={family!r}: fine-tuning from scratch needs an encoder (bert or xlm)")
         cfg.update(vocab_size=vocab_size, pad_id=pad_id)
-        config = FAMILIES[family][0].from_dict(cfg)
+        config = FAMILIES[family].config.from_dict(cfg)
         cls, _ = HEADS[(family, task)]
         return cls(config, num_labels), None
     cls, attr = HEADS[(init.family, task)]

@@ -1,15 +1,23 @@
 """MLflow tracking: the only MLflow-aware code in lit_tf.
 
-Store layout (default `mlruns/`): `mlruns/mlflow.db` (SQLite backend: runs, params, metrics)
-and `mlruns/artifacts/` (artifact root). `make ui` serves that store on 127.0.0.1.
+Where runs go (`Store`, from the `logger.mlflow` config by `open_store`):
 
-Metrics go through Lightning's MLFlowLogger with `synchronous=False`, so a training step never
-waits on the database; params, tags and artifacts are logged once at start/end.
+- `logger.mlflow.tracking_uri: null` (default): the local store in `logger.mlflow.dir`
+  (`mlruns/`): `mlruns/mlflow.db` (SQLite: runs, params, metrics) and `mlruns/artifacts/`.
+  `make ui` serves it on 127.0.0.1. Several processes may share it (parallel runs, sweep jobs):
+  creating the store's tables, the experiment and the run happen under a file lock
+  (`mlruns/.lock`); MLflow gives each SQLite session a 20 s busy timeout, and lit_tf's own
+  synchronous calls retry with back-off while the store still reports it is locked.
+- `logger.mlflow.tracking_uri: http(s)://host:port`: an MLflow tracking server (`make
+  mlflow-server`). Nothing local applies (no lock, no SQLite retry); the server picks each new
+  experiment's artifact location, which under `mlflow server --serve-artifacts` is proxied
+  (`mlflow-artifacts:/<id>`), so clients upload artifacts through the server. Requests retry on
+  their own (MLflow's HTTP retries: `logger.mlflow.http_*`), and a run checks at its start that the
+  server answers, failing in seconds with one line instead of after minutes of retries.
 
-Several processes may share one store (parallel runs, sweep jobs): creating the store's tables
-(schema migration of a fresh `mlflow.db`), the experiment and the run happen under a file lock
-(`mlruns/.lock`); MLflow gives each SQLite session a 20 s busy timeout, and lit_tf's own
-synchronous calls retry with back-off when the store still reports it is locked.
+Metrics are sent by `lit_tf.tracking.sender.MetricSender` from a background thread, so a training
+step never waits on the store, and a point that cannot be sent during an outage is held and sent
+again (never dropped silently); params, tags and artifacts are logged once at start/end.
 """
 
 from __future__ import annotations
@@ -17,15 +25,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from lit_tf.errors import LitTfError
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +89,119 @@ def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 6, **kwargs: An
     raise AssertionError("unreachable")
 
 
+# --------------------------------------------------------------------------------------------
+# where runs go: the local store or a tracking server
+# --------------------------------------------------------------------------------------------
+SERVER_CHECK_TIMEOUT_S = 5.0  # the start-of-run check: how long a tracking server may take to answer
+UNSENT_FILE = "mlflow_unsent_metrics.jsonl"  # in a run's output folder: metric points the store never took
+SERVER_HINT = "start one with `make mlflow-server` (it prints the override to use), or correct the host and port"
+# logger.mlflow key -> (the MLflow environment variable it sets, smallest, largest value). MLflow reads
+# them on every HTTP request (mlflow.utils.rest_utils.http_request); it refuses more than 10 retries.
+HTTP_SETTINGS = {
+    "http_retries": ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 0, 10),
+    "http_backoff_factor": ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 0, 120),
+    "http_timeout": ("MLFLOW_HTTP_REQUEST_TIMEOUT", 1, 3600),
+}
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where MLflow runs go: a local store folder (SQLite + artifacts) or a tracking server."""
+
+    tracking_uri: str
+    local_dir: Path | None = None  # the local store's folder; None for a tracking server
+
+    @property
+    def remote(self) -> bool:
+        return self.local_dir is None
+
+    def __str__(self) -> str:
+        return self.tracking_uri if self.remote else str(self.local_dir)
+
+    def artifact_location(self, experiment_name: str) -> str | None:
+        """A new experiment's artifact location: `<dir>/artifacts/<name>` locally; None for a server,
+        which picks its own (proxied `mlflow-artifacts:/<id>` under `mlflow server --serve-artifacts`)."""
+        return None if self.local_dir is None else f"{(self.local_dir / 'artifacts').as_uri()}/{experiment_name}"
+
+    def creating(self) -> contextlib.AbstractContextManager:
+        """Around one-time work (tables, experiment, run): the local store's file lock; a server
+        serialises requests itself."""
+        return contextlib.nullcontext() if self.local_dir is None else store_lock(self.local_dir)
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(*args, **kwargs); on the local store retried while SQLite reports it is locked. A server's
+        requests need nothing more: MLflow retries them (`logger.mlflow.http_*`)."""
+        return fn(*args, **kwargs) if self.local_dir is None else with_retry(fn, *args, **kwargs)
+
+
+def open_store(mlflow_cfg: Mapping, *, check: bool = False) -> Store:
+    """The store that `logger.mlflow` names: `tracking_uri` (a server), else the folder `dir`.
+
+    For a server, its `http_*` keys are applied (they set MLflow's MLFLOW_HTTP_REQUEST_* variables
+    for every request of this process and the processes it starts; null keeps the variable or
+    MLflow's default), and with `check` the server must answer within SERVER_CHECK_TIMEOUT_S,
+    else a LitTfError naming `logger.mlflow.tracking_uri` (not after minutes of retries).
+    """
+    uri = mlflow_cfg.get("tracking_uri")
+    if uri is None or not str(uri).strip():
+        folder = Path(mlflow_cfg["dir"]).resolve()  # created by the first run that logs (store.creating())
+        return Store(f"sqlite:///{folder / 'mlflow.db'}", folder)
+    uri = str(uri).strip().rstrip("/")
+    try:
+        parts = urlsplit(uri)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # a port that is not a number
+        ok = False
+    if not ok:
+        raise LitTfError(
+            f"logger.mlflow.tracking_uri={uri}: expected the http://host:port (or https://) URL of an MLflow "
+            "tracking server, or null for the local store in logger.mlflow.dir",
+            hint="`make mlflow-server` starts a server; a database is served with "
+                 "`mlflow server --backend-store-uri <database URL>`")
+    for key, (env, lo, hi) in HTTP_SETTINGS.items():
+        value = mlflow_cfg.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise LitTfError(f"logger.mlflow.{key}={value!r}: expected a whole number from {lo} to {hi} "
+                             f"(or null: MLflow's default / ${env})")
+        os.environ[env] = str(value)
+    if check:
+        check_server(uri)
+    return Store(uri)
+
+
+def check_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> None:
+    """An MLflow tracking server answers `GET <uri>/health` within `timeout` s, else a one-line LitTfError."""
+    import requests  # MLflow's own HTTP client library
+
+    where = f"logger.mlflow.tracking_uri={uri}"
+    # TLS as MLflow's client does it: a CA bundle, or no verification when asked for
+    insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("1", "true")
+    verify = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or not insecure
+    try:
+        answer = requests.get(f"{uri}/health", timeout=timeout, verify=verify)
+    except requests.exceptions.Timeout:
+        raise LitTfError(f"{where}: no MLflow tracking server answered within {timeout:.0f}s",
+                         hint=SERVER_HINT) from None
+    except requests.exceptions.RequestException as e:
+        raise LitTfError(f"{where}: cannot reach an MLflow tracking server there ({_connection_problem(e)})",
+                         hint=SERVER_HINT) from None
+    if answer.status_code != 200:
+        raise LitTfError(f"{where}: GET /health answered HTTP {answer.status_code}: not an MLflow tracking "
+                         "server (or not at this path)", hint=SERVER_HINT)
+
+
+def _connection_problem(e: Exception) -> str:
+    text = str(e)
+    for needle, what in (("refused", "connection refused"), ("Name or service not known", "unknown host"),
+                         ("nodename nor servname", "unknown host"), ("name resolution", "unknown host"),
+                         ("No route to host", "no route to host"), ("SSL", "TLS error")):
+        if needle in text:
+            return what
+    return type(e).__name__
+
+
 def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
     """Nested mapping -> {"a.b.c": value}; lists are kept as their string form."""
     out: dict[str, Any] = {}
@@ -101,13 +227,19 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
 
 
 class LitTfMLflowLogger(MLFlowLogger):
-    """MLFlowLogger with MLflow's real param length limit (Lightning truncates at 250 chars)
-    and run resumption: an existing run id is set back to RUNNING, and metric points at steps the
+    """MLFlowLogger with MLflow's real param length limit (Lightning truncates at 250 chars),
+    metric points sent by a MetricSender (a step never waits on the store; nothing is dropped
+    during an outage; what the store never takes is saved to `unsent_file` and reported), and run
+    resumption: an existing run id is set back to RUNNING, and metric points at steps the
     run already holds are not logged again (a run resumed from a checkpoint written before a crash
     recomputes the steps between that checkpoint and the crash; on CPU bit for bit, so the first
     values stand and each metric's history keeps one point per step)."""
 
     _logged_until: dict[str, int] | None = None
+    _sender = None  # MetricSender, made with the first metric point (rank 0 only)
+    store: Store | None = None  # set by make_logger
+    unsent_file: Path | None = None  # where points the store never took are saved (set by make_logger)
+    unsent: int = 0  # how many were saved there
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:  # type: ignore[override]
@@ -115,7 +247,59 @@ class LitTfMLflowLogger(MLFlowLogger):
             metrics = {k: v for k, v in metrics.items() if (step or 0) > self._logged_until.get(k, -1)}
             if not metrics:
                 return
-        super().log_metrics(metrics, step)
+        points = self._points(metrics, step)
+        if points:
+            if self._sender is None:
+                from lit_tf.tracking.sender import MetricSender
+
+                self._sender = MetricSender(self.experiment, self.run_id, str(self.store or self._tracking_uri))
+            self._sender.put(points)
+
+    def _points(self, metrics: Mapping[str, float], step: int | None) -> list:
+        """Lightning's conversion (prefix, MLflow's allowed characters in names, no strings) to MLflow points."""
+        from lightning.fabric.utilities.logger import _add_prefix
+        from mlflow.entities import Metric
+
+        timestamp_ms = int(time.time() * 1000)
+        points = []
+        for k, v in _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR).items():
+            if isinstance(v, str):
+                log.warning("Discarding metric with string value %s=%s.", k, v)
+                continue
+            key = re.sub("[^a-zA-Z0-9_/. -]+", "", k)
+            if key != k:
+                log.warning("MLflow only allows '_', '/', '.' and ' ' special characters in metric names: "
+                            "%s logged as %s", k, key)
+            points.append(Metric(key=key, value=float(v), timestamp=timestamp_ms, step=step or 0))
+        return points
+
+    @rank_zero_only
+    def flush_metrics(self) -> None:
+        """Wait until every metric point logged so far is in the store; save and report the ones it
+        never took (the server stayed away through the last attempt, or refused them)."""
+        if self._sender is None:
+            return
+        failed = self._sender.flush()
+        if not failed:
+            return
+        import json
+
+        self.unsent += len(failed)
+        if self.unsent_file is not None:
+            self.unsent_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.unsent_file, "a") as f:
+                for m, why in failed:
+                    f.write(json.dumps({"run_id": self.run_id, "key": m.key, "value": m.value, "step": m.step,
+                                        "timestamp": m.timestamp, "reason": why}) + "\n")
+        steps = sorted({m.step for m, _ in failed})
+        log.error("%d metric points (steps %d-%d) of MLflow run %s were NOT logged to %s: %s; %s", len(failed),
+                  steps[0], steps[-1], self.run_id, self.store or self._tracking_uri, failed[0][1],
+                  f"they are saved in {self.unsent_file}" if self.unsent_file else "they are lost")
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        self.flush_metrics()  # every point in the store (or saved) before the run is marked ended
+        super().finalize(status)
 
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:  # type: ignore[override]
@@ -131,29 +315,60 @@ class LitTfMLflowLogger(MLFlowLogger):
     @rank_zero_only
     def reopen(self) -> None:
         client = self.experiment
-        with_retry(client.update_run, self.run_id, status="RUNNING")
+        _call(self, client.update_run, self.run_id, status="RUNNING")
         keys = client.get_run(self.run_id).data.metrics
         self._logged_until = {k: max(m.step for m in client.get_metric_history(self.run_id, k)) for k in keys}
 
 
 def make_logger(
-    mlruns_dir: str, experiment_name: str, run_name: str | None, tags: Mapping[str, str], run_id: str | None = None,
+    store: Store, experiment_name: str, run_name: str | None, tags: Mapping[str, str], run_id: str | None = None,
+    unsent_file: str | os.PathLike | None = None,
 ) -> LitTfMLflowLogger:
-    tracking_uri, artifact_root = store_uris(mlruns_dir)
-    # The first process to open a fresh store creates its tables (MlflowClient does, in the logger's
-    # constructor), then the experiment: concurrent processes doing either at once fail ("duplicate
-    # column", "UNIQUE constraint failed"), so they take turns.
-    with store_lock(mlruns_dir):
-        logger = with_retry(
-            LitTfMLflowLogger, experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri,
-            tags=dict(tags), artifact_location=f"{artifact_root}/{experiment_name}", run_id=run_id, synchronous=False,
+    """The run's logger on `store` (see open_store): a new run, or `run_id` reopened. Metric points the
+    store never takes are saved to `unsent_file` (JSON lines) and reported."""
+    # The first process to open a fresh local store creates its tables (MlflowClient does, in the
+    # logger's constructor), then the experiment: concurrent processes doing either at once fail
+    # ("duplicate column", "UNIQUE constraint failed"), so they take turns (store.creating()).
+    with store.creating():
+        logger = store.call(
+            LitTfMLflowLogger, experiment_name=experiment_name, run_name=run_name, tracking_uri=store.tracking_uri,
+            tags=dict(tags), artifact_location=store.artifact_location(experiment_name), run_id=run_id,
         )
-        with_retry(lambda: logger.experiment)  # gets/creates the experiment, creates (or finds) the run
+        try:
+            store.call(lambda: logger.experiment)  # gets/creates the experiment, creates (or finds) the run
+        except Exception as e:
+            if run_id is None or getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise LitTfError(f"ckpt_path: the checkpoint's run was logged as MLflow run {run_id}, which {store} "
+                             "does not hold", hint="resume with the logger.mlflow.tracking_uri (or "
+                             "logger.mlflow.dir) that run was logged to") from e
+    logger.store = store
+    logger.unsent_file = Path(unsent_file) if unsent_file is not None else None
+    if store.remote:
+        _warn_local_artifacts(logger)
     if run_id is not None:
         logger.reopen()
         for k, v in tags.items():
-            with_retry(logger.experiment.set_tag, run_id, k, v)
+            store.call(logger.experiment.set_tag, run_id, k, v)
     return logger
+
+
+@rank_zero_only
+def _warn_local_artifacts(logger: LitTfMLflowLogger) -> None:
+    """A server run of an experiment made by local runs (artifact location `file://...`) writes its
+    artifacts straight to that path on this machine, not through the server: say so."""
+    location = logger.experiment.get_experiment(logger.experiment_id).artifact_location
+    if location.startswith("file:"):
+        log.warning("MLflow experiment '%s' on %s keeps its artifacts at %s (it was created by a local run): "
+                    "this run writes them there directly, which only works on a machine that sees that folder; "
+                    "from other machines, log to a new experiment (name=... or logger.mlflow.experiment_name=...)",
+                    logger._experiment_name, logger.store, location)
+
+
+def _call(logger: MLFlowLogger, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """fn(...) with the logger's store's retry policy (SQLite lock retries only on the local store)."""
+    store = getattr(logger, "store", None)
+    return store.call(fn, *args, **kwargs) if store is not None else with_retry(fn, *args, **kwargs)
 
 
 @rank_zero_only
@@ -164,14 +379,19 @@ def end_run(logger: MLFlowLogger, exc: BaseException, status: str) -> None:
     try:
         client, run_id = logger.experiment, logger.run_id
         message = f"{type(exc).__name__}: {exc}"[:5000]
-        with_retry(client.set_tag, run_id, "lit_tf.error" if status == "FAILED" else "lit_tf.stopped", message)
+        _call(logger, client.set_tag, run_id, "lit_tf.error" if status == "FAILED" else "lit_tf.stopped", message)
         if status == "FAILED":
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            with_retry(client.log_text, run_id, text, "error/traceback.txt")
+            _call(logger, client.log_text, run_id, text, "error/traceback.txt")
         flush(logger)
-        with_retry(client.set_terminated, run_id, status)
+        _call(logger, client.set_terminated, run_id, status)
     except Exception as e:
         log.warning("could not record the end of MLflow run %s: %s", getattr(logger, "run_id", None), e)
+
+
+@rank_zero_only
+def set_tag(logger: MLFlowLogger, key: str, value: str) -> None:
+    _call(logger, logger.experiment.set_tag, logger.run_id, key, value)
 
 
 @rank_zero_only
@@ -195,17 +415,35 @@ def log_params_now(logger: MLFlowLogger, params: Mapping[str, Any]) -> None:
 
 @rank_zero_only
 def flush(logger: MLFlowLogger) -> None:
-    """Wait for queued asynchronous logging to reach the store (rank 0 logs; other DDP ranks have
-    no run, and calling MLflow there would create a default `mlflow.db` in the working directory)."""
+    """Wait until the metric points logged so far are in the store, saving (and reporting) any it
+    never took (rank 0 logs; other DDP ranks have no run, and calling MLflow there would create a
+    default `mlflow.db` in the working directory)."""
     try:
-        import mlflow
-
-        mlflow.flush_async_logging()
+        if isinstance(logger, LitTfMLflowLogger):
+            logger.flush_metrics()
     except Exception as e:  # never lose the run over a flush
         log.warning("mlflow flush failed: %s", e)
 
 
 def ui_command(mlruns_dir: str | os.PathLike) -> str:
+    """`make ui` spelled out: the local store, also serving the artifacts of runs logged through
+    `make mlflow-server` (proxied `mlflow-artifacts:/` locations resolve to the same folder)."""
     tracking_uri, artifact_root = store_uris(mlruns_dir)
     return (f"mlflow ui --backend-store-uri {tracking_uri} --default-artifact-root {artifact_root} "
-            "--host 127.0.0.1 --port 5000")
+            f"--artifacts-destination {artifact_root} --host 127.0.0.1 --port 5000")
+
+
+def summary_lines(logger: LitTfMLflowLogger, experiment_name: str) -> list[str]:
+    """The end-of-run lines saying where the run is and how to look at it."""
+    store = logger.store
+    if store is not None and store.remote:
+        lines = [f"  MLflow run: {logger.run_id} (experiment '{experiment_name}', server {store})",
+                 f"  open it in the MLflow UI:  {store}/#/experiments/{logger.experiment_id}/runs/{logger.run_id}"]
+    else:
+        folder = store.local_dir if store is not None else "mlruns"
+        lines = [f"  MLflow run: {logger.run_id} (experiment '{experiment_name}', store {folder})",
+                 "  open the MLflow UI:  make ui   (serves http://127.0.0.1:5000)",
+                 f"            or run:  {ui_command(folder)}"]
+    if logger.unsent:
+        lines.append(f"  NOT in MLflow: {logger.unsent} metric points the store never took, saved in {logger.unsent_file}")
+    return lines

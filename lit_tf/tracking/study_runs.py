@@ -4,6 +4,9 @@ The trial's own training run is the child (train() tags it with `mlflow.parentRu
 the study's storage); the sweeper adds the trial's outcome (state, value, pruned step, error)
 once Optuna knows it, and creates a small child run itself for a trial that never got as far
 as starting training (a config error), so every trial has its row in the UI.
+
+The runs go where the study's `logger.mlflow` says (`open_store`): the local store or a tracking
+server, the same place as the trials' own runs.
 """
 
 from __future__ import annotations
@@ -15,19 +18,20 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from lit_tf.tracking.mlflow import MAX_PARAM_LEN, store_uris
+from lit_tf.tracking.mlflow import MAX_PARAM_LEN, Store
 
 log = logging.getLogger(__name__)
 
 
 class StudyRuns:
-    def __init__(self, mlruns_dir: str, experiment_name: str):
-        tracking_uri, artifact_root = store_uris(mlruns_dir)
-        self.mlruns_dir = mlruns_dir
-        self.client = MlflowClient(tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment_name)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment_name, artifact_location=f"{artifact_root}/{experiment_name}")
+    def __init__(self, store: Store, experiment_name: str):
+        self.store = store
+        self.client = MlflowClient(store.tracking_uri)
+        with store.creating():
+            exp = store.call(self.client.get_experiment_by_name, experiment_name)
+            self.experiment_id = exp.experiment_id if exp else store.call(
+                self.client.create_experiment, experiment_name,
+                artifact_location=store.artifact_location(experiment_name))
         self.parent_id: str | None = None
 
     # ----------------------------------------------------------------------------- parent
