@@ -46,7 +46,7 @@ def summary_lines(storage: str, name: str) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     c = st.counts(study)
     dirs = ", ".join(f"{m} ({d.name.lower()})" for m, d in zip(metrics, study.directions))
-    lines = [f"study '{name}' in {spec}: {len(trials)} trials - {c['complete']} complete, {c['pruned']} pruned, "
+    lines = [f"study '{name}' in {st.shown_storage(spec)}: {len(trials)} trials - {c['complete']} complete, {c['pruned']} pruned, "
              f"{c['failed']} failed, {c['interrupted']} interrupted, {c['running']} running; objective {dirs}"]
     if c["complete"]:
         best = study.best_trials if len(study.directions) > 1 else [study.best_trial]

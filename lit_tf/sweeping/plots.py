@@ -4,6 +4,7 @@ plots as PNG files (matplotlib backend, so no browser or plotly is needed)."""
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -34,7 +35,10 @@ def write_study_files(study: optuna.Study, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "trials.csv"]
-    trials_table(study).to_csv(files[0], index=False)
+    # sweepers of one study share the folder and may finish together: each file appears whole
+    tmp = out / f".trials.csv.{os.getpid()}.tmp"
+    trials_table(study).to_csv(tmp, index=False)
+    tmp.replace(files[0])
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     with_curves = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
@@ -60,9 +64,10 @@ def write_study_files(study: optuna.Study, out_dir: str | Path) -> list[Path]:
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
             fig.set_size_inches(9, 5.5)
             fig.tight_layout()
-            path = out / f"{name}.png"
-            fig.savefig(path, dpi=100)
+            path, tmp = out / f"{name}.png", out / f".{name}.png.{os.getpid()}.tmp"
+            fig.savefig(tmp, dpi=100, format="png")
             plt.close(fig)
+            tmp.replace(path)
             files.append(path)
         except Exception as e:  # a plot that the data cannot support is skipped, never fatal
             log.warning("study plot %s skipped: %s", name, e)
