@@ -5,16 +5,23 @@
   the weights and the optimizer state stay as they were; the count is logged as
   `train/nonfinite_skipped`). A checkpoint holding non-finite weights is never written, so the
   last good `last.ckpt` survives.
-- `Preemption`: SIGTERM (flagged by Lightning's own handler) or SIGUSR1 (SLURM's `--signal`)
-  writes `last.ckpt` at the end of the current batch, lets that batch's metrics reach the logger
-  and stops with `Preempted` (exit status 128 + signal number); `ckpt_path=last` continues from it. It also records the exception that
+- `Preemption`: SIGTERM (flagged by Lightning's own handler), SIGUSR1 or SIGUSR2 (SLURM's `--signal`
+  before the time limit; submitit's is USR2) writes `last.ckpt` at the end of the current batch,
+  lets that batch's metrics reach the logger and stops with `Preempted` (exit status 128 + signal
+  number); `ckpt_path=last` continues from it. It also records the exception that
   ended `fit` (Lightning turns Ctrl-C into `SystemExit(1)`), for the run's final status.
+- `requeue_slurm_job`: in a SLURM batch job that was stopped that way, put the job back in the
+  queue; the requeued job resumes from the checkpoint (lit_tf.cli.train.requeued_checkpoint).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,6 +32,8 @@ import torch
 log = logging.getLogger("lit_tf")
 
 NONFINITE_MODES = ("stop", "skip")
+# Preemption notices besides SIGTERM (which Lightning itself flags): SLURM's `--signal` before the time limit
+NOTICE_SIGNALS = ("SIGUSR1", "SIGUSR2")
 
 
 class NonFiniteError(FloatingPointError):
@@ -134,34 +143,44 @@ class NonFiniteGuard(L.Callback):
 
 
 class Preemption(L.Callback):
-    """Checkpoint and stop at the end of the current batch on SIGTERM or SIGUSR1.
+    """Checkpoint and stop at the end of the current batch on SIGTERM, SIGUSR1 or SIGUSR2.
 
     Lightning already catches SIGTERM (it sets `trainer.received_sigterm` and, without this
-    callback, would exit after the batch *without* a checkpoint); SIGUSR1 is only handled by
-    Lightning under SLURM with auto-requeue, and then its handler still runs (it is chained).
+    callback, would exit after the batch *without* a checkpoint). In a SLURM job this callback
+    owns SIGUSR1/SIGUSR2 while training runs and does not chain the handlers it replaces:
+    Lightning's auto-requeue (SIGUSR1: a checkpoint taken inside the signal handler, mid-step,
+    then a requeue) and submitit's (SIGUSR2: requeue and exit at once, no checkpoint) would both
+    cut the step short; the job is requeued once the checkpoint is written (`requeue_slurm_job`).
+    Outside SLURM a handler that was there before still runs (it is chained).
     """
 
     def __init__(self) -> None:
         self.signame: str | None = None
         self.saved: tuple[str, int, str] | None = None  # (signal, step, checkpoint) once written
         self.exception: BaseException | None = None  # what ended fit, for the run's final status
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # after Lightning registered its own handlers (Trainer._run), so we see and chain them
-        if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
-            self._previous = signal.getsignal(signal.SIGUSR1)
-            signal.signal(signal.SIGUSR1, self._on_signal)
+        # after Lightning registered its own handlers (Trainer._run), so we see (and may chain) them
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in NOTICE_SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                self._previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signame = signal.Signals(signum).name
-        if callable(self._previous):
-            self._previous(signum, frame)
+        previous = self._previous.get(signum)
+        if callable(previous) and not os.environ.get("SLURM_JOB_ID"):
+            previous(signum, frame)
 
     def _restore(self) -> None:
-        if self._previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGUSR1, self._previous)
-            self._previous = None
+        if self._previous and threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+            self._previous = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         signame = self.signame or ("SIGTERM" if trainer.received_sigterm else None)
@@ -189,3 +208,41 @@ class Preemption(L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()
+
+
+def requeue_slurm_job() -> bool:
+    """Put this process's SLURM job back in the queue after a preemption notice (checkpoint written).
+
+    The requeued job runs the same submission again (`SLURM_RESTART_COUNT` >= 1) and resumes from
+    the checkpoint its earlier attempt left in its output folder. Only a job that SLURM still
+    counts as RUNNING is requeued: that is the case for `scancel --signal=...`, for the `--signal`
+    sent before the time limit and for a preemption notice. A job the user cancelled (plain
+    `scancel`: it is already COMPLETING), one SLURM requeues itself, one submitted with
+    `--no-requeue`, or an interactive `srun` is left as it is. Only the job's first task asks.
+    Returns whether the job was requeued; every outcome is printed to stderr (the job's log).
+    """
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id or os.environ.get("SLURM_PROCID", "0") != "0" or shutil.which("scontrol") is None:
+        return False
+
+    def scontrol(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=60)
+
+    try:
+        shown = scontrol("show", "job", "-o", job_id)
+        state = next((w.split("=", 1)[1] for w in shown.stdout.split() if w.startswith("JobState=")), "UNKNOWN")
+        if state != "RUNNING":
+            print(f"lit_tf: SLURM job {job_id} not requeued: it is {state} (cancelled or ending)",
+                  file=sys.stderr, flush=True)
+            return False
+        done = scontrol("requeue", job_id)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        print(f"lit_tf: SLURM job {job_id} not requeued: scontrol failed: {e}", file=sys.stderr, flush=True)
+        return False
+    if done.returncode != 0:
+        print(f"lit_tf: SLURM job {job_id} not requeued: {done.stderr.strip() or done.stdout.strip()}",
+              file=sys.stderr, flush=True)
+        return False
+    print(f"lit_tf: SLURM job {job_id} requeued: its next attempt resumes from the checkpoint",
+          file=sys.stderr, flush=True)
+    return True
