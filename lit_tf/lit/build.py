@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
 from lit_tf.errors import LitTfError
 from lit_tf.models import (
+    BertBlock,
     BertConfig,
     BertForPreTraining,
     BertForSequenceClassification,
     BertForTokenClassification,
+    GPTBlock,
     GPTConfig,
     GPTForCausalLM,
     LanguageDiscriminator,
@@ -24,11 +26,20 @@ from lit_tf.models import (
 from lit_tf.objectives.finetune import SequenceClassificationObjective, TokenClassificationObjective
 from lit_tf.objectives.pretraining import CausalLMObjective, CrossLingualObjective, MaskedLMObjective
 
-# family -> (config dataclass, pretraining model class, objectives it can train)
-FAMILIES: dict[str, tuple[type, type, tuple[str, ...]]] = {
-    "bert": (BertConfig, BertForPreTraining, ("mlm", "mlm_nsp")),
-    "gpt": (GPTConfig, GPTForCausalLM, ("clm",)),
-    "xlm": (XLMConfig, XLMForPreTraining, ("xlm",)),
+
+class Family(NamedTuple):
+    """What the trainer needs to know about a model family."""
+
+    config: type  # its config dataclass
+    pretraining: type  # its pretraining model class
+    objectives: tuple[str, ...]  # the pretraining objectives it can train
+    block: type  # its transformer block: the unit of FSDP wrapping and activation checkpointing
+
+
+FAMILIES: dict[str, Family] = {
+    "bert": Family(BertConfig, BertForPreTraining, ("mlm", "mlm_nsp"), BertBlock),
+    "gpt": Family(GPTConfig, GPTForCausalLM, ("clm",), GPTBlock),
+    "xlm": Family(XLMConfig, XLMForPreTraining, ("xlm",), BertBlock),  # XLM stacks BERT's post-LN block
 }
 OBJECTIVES = ("mlm", "mlm_nsp", "clm", "xlm", "seq_cls", "token_cls")
 # (family, fine-tuning task) -> (model class, attribute holding the encoder)
@@ -52,7 +63,7 @@ def model_config(model_cfg: Mapping[str, Any], vocab_size: int, pad_id: int = 0,
             "leave it unset: it comes from the tokenizer artifact"
         )
     cfg.update(vocab_size=vocab_size, pad_id=pad_id, **derived)
-    config_cls = FAMILIES[family][0]
+    config_cls = FAMILIES[family].config
     try:
         return family, config_cls.from_dict(cfg)
     except (TypeError, ValueError) as e:
@@ -65,9 +76,9 @@ def build_model(
 ) -> nn.Module:
     family = model_cfg.get("family")
     obj = objective_cfg.get("name")
-    if family in FAMILIES and obj not in FAMILIES[family][2]:
+    if family in FAMILIES and obj not in FAMILIES[family].objectives:
         raise ValueError(
-            f"objective={obj!r} does not train model.family={family!r}; it takes objective in {list(FAMILIES[family][2])}"
+            f"objective={obj!r} does not train model.family={family!r}; it takes objective in {list(FAMILIES[family].objectives)}"
         )
     derived = {}
     if family == "xlm":  # the data decides the language count and whether attention is causal
@@ -75,7 +86,7 @@ def build_model(
     family, cfg = model_config(model_cfg, vocab_size, pad_id, **derived)
     if family == "bert":
         return BertForPreTraining(cfg, nsp=bool(objective_cfg.get("nsp", False)))
-    return FAMILIES[family][1](cfg)
+    return FAMILIES[family].pretraining(cfg)
 
 
 def build_objective(

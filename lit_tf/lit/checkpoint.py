@@ -113,7 +113,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     family = meta["family"]
     if family not in FAMILIES:
         raise CheckpointError(f"{key}={path}: model family {family!r} is not one of {sorted(FAMILIES)}")
-    config_cls, model_cls, _ = FAMILIES[family]
+    config_cls, model_cls = FAMILIES[family].config, FAMILIES[family].pretraining
     cfg = config_cls.from_dict(meta["model_config"])
     task = meta.get("task")
     if task in ("seq_cls", "token_cls"):  # a fine-tuned classifier

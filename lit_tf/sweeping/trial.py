@@ -1,7 +1,7 @@
 """The job's side of a sweep: find this job's Optuna trial through the shared study storage
 and report validation metrics to it, stopping early when the pruner says so.
 
-The sweeper passes only `trial.number`, `trial.study`, `trial.prune` (and `trial.gpu` with a
+The sweeper passes only `trial.number`, `trial.study`, `trial.prune` (and `gpu` with a
 GPU pool) on the job's command line; storage, metric and pruner come from the job's own Hydra
 config (`hydra.sweeper.*`), so the lookup works the same in the sweeper's process, in a joblib worker
 or on another SLURM node. Nothing is passed through globals.
@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lightning as L
 import optuna
 
+from lit_tf.lit.parallel import process_rank
 from lit_tf.sweeping import study as st
 
 log = logging.getLogger(__name__)
@@ -84,62 +83,12 @@ class JobTrial:
         return tags
 
 
-@contextmanager
-def trial_process_scope():
-    """Run one trial in a process that may run more: DDP inside the trial, isolated.
-
-    Lightning starts DDP ranks > 0 as `python <script> <sys.argv[1:]> hydra.run.dir=<run.dir>`.
-    In a sweep job sys.argv is the sweep's (`-m sweep=...`), so each rank would start a sweep of
-    its own: point argv at this job's overrides (sampled values + trial.*) and run.dir at its
-    output folder, so every rank composes exactly the trial's config. Lightning also leaves its
-    rendezvous variables (MASTER_PORT, WORLD_SIZE, LOCAL_RANK, ...) in os.environ and the process
-    group open; both are undone on exit so the next trial in this process starts clean.
-    """
-    import sys
-
-    import torch
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import read_write
-
-    env, argv = dict(os.environ), list(sys.argv)
-    hc = HydraConfig.get() if HydraConfig.initialized() else None
-    run_dir = hc.run.dir if hc is not None else None
-    if hc is not None and hc.mode == RunMode.MULTIRUN:
-        sys.argv = [sys.argv[0], *hc.overrides.task]
-        with read_write(hc):
-            hc.run.dir = hc.runtime.output_dir
-    try:
-        yield
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        for k in set(os.environ) - set(env):
-            del os.environ[k]
-        os.environ.update(env)
-        sys.argv[:] = argv
-        if hc is not None:
-            with read_write(hc):
-                hc.run.dir = run_dir
-
-
-def process_rank() -> int:
-    """Global rank of this process as the launchers set it (0 outside distributed runs)."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
 def job_trial(cfg) -> JobTrial | None:
     """The trial this job runs for (None outside an Optuna sweep)."""
     tcfg = cfg.get("trial") or {}
     number = tcfg.get("number")
     if number is None:
         return None
-    gpu = tcfg.get("gpu")
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before this job initialises CUDA
     pruning = bool(tcfg.get("prune"))
     if process_rank() > 0:  # DDP ranks re-launched by Lightning: no storage access, follow rank 0
         return JobTrial(int(number), None, [], pruning)

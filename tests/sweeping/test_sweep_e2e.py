@@ -221,7 +221,7 @@ def test_two_joblib_workers_share_one_storage(tmp_path, cache_dir):
     _, parents, children = mlflow_runs(tmp_path)
     assert len(parents) == 1 and len(children) == 4
     # each pair of concurrent trials got the two GPUs of the pool, one each
-    gpus = {int(r.data.tags["optuna.trial_number"]): r.data.params["trial.gpu"] for r in children}
+    gpus = {int(r.data.tags["optuna.trial_number"]): r.data.params["gpu"] for r in children}
     assert {gpus[0], gpus[1]} == {"5", "7"} and {gpus[2], gpus[3]} == {"5", "7"}
 
 
