@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 PORT ?= 5000
+HOST ?= 127.0.0.1
+MLRUNS ?= $(CURDIR)/mlruns
 
-.PHONY: train test test-all ui lint install clean
+.PHONY: train test test-all ui mlflow-server lint install clean postgres postgres-stop slurm-up slurm-down
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (or run: make PY=python3 ...)"; exit 1; }
@@ -33,12 +35,43 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile -m "" $(ARGS)
 
+# --artifacts-destination: the artifacts of runs logged through `make mlflow-server` live there too
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--default-artifact-root file://$(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port $(PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLRUNS)/mlflow.db \
+		--default-artifact-root file://$(MLRUNS)/artifacts --artifacts-destination file://$(MLRUNS)/artifacts \
+		--host 127.0.0.1 --port $(PORT)
+
+# A tracking server on the store `make ui` serves, for runs on other processes or machines
+# (logger.mlflow.tracking_uri=...). Artifacts are proxied: clients upload them through the server into
+# mlruns/artifacts. Other machines: make mlflow-server HOST=0.0.0.0 (see mlflow server --help: --allowed-hosts).
+SERVER_URL = http://$(if $(filter 0.0.0.0,$(HOST)),$(shell hostname),$(HOST)):$(PORT)
+mlflow-server: $(STAMP)
+	@mkdir -p $(MLRUNS)/artifacts
+	@echo "MLflow tracking server on $(SERVER_URL) (store $(MLRUNS)); log runs to it with:"
+	@echo "  python train.py ... logger.mlflow.tracking_uri=$(SERVER_URL)"
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(MLRUNS)/mlflow.db \
+		--default-artifact-root mlflow-artifacts:/ --serve-artifacts --artifacts-destination file://$(MLRUNS)/artifacts \
+		--host $(HOST) --port $(PORT)
+
+# a local PostgreSQL (127.0.0.1, port LIT_TF_PG_PORT or 5433, data in .cache/postgres) for Optuna
+# studies shared by several sweepers: prints the hydra.sweeper.storage URL to use
+postgres:
+	@bash scripts/local_postgres.sh up
+
+postgres-stop:
+	@bash scripts/local_postgres.sh down
+
+# a real one-node SLURM cluster on 127.0.0.1 (root; apt-get install slurm-wlm munge slurmdbd mariadb-server)
+# for hydra/launcher=slurm: prints the `export SLURM_CONF=...` line to run in your shell
+slurm-up:
+	@bash scripts/local_slurm.sh up
+
+slurm-down:
+	@bash scripts/local_slurm.sh down
 
 lint: $(STAMP)
 	$(BIN)/ruff check lit_tf hydra_plugins tests train.py benchmarks
 
 clean:
+	@bash scripts/local_postgres.sh down >/dev/null 2>&1 || true  # never delete a running server's files
 	rm -rf outputs .cache .pytest_cache

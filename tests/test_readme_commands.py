@@ -8,8 +8,15 @@ shrinking switches:
 
 - `python train.py ...` that trains: `debug=smoke` appended (a sweep under `debug=smoke` goes to
   study `<name>-smoke` and runs at most `hydra.sweeper.debug_n_trials` trials);
-- `make train`: `ARGS=debug=smoke`; `make ui`: `PORT=<a free port>`;
+- `make train`: `ARGS=debug=smoke`; `make ui`, `make mlflow-server`: `PORT=<a free port>`;
 - `python benchmarks/<script>.py`: `--help`.
+
+The cluster section's engines are started as the README starts them, on free ports: the
+environment variables the README documents for that (`LIT_TF_PG_PORT`, `LIT_TF_PG_DIR`,
+`LIT_TF_SLURM_PORT`, `LIT_TF_SLURM_DIR`) point `make postgres` and `make slurm-up` at them, and
+the documented default addresses in later commands (`127.0.0.1:5433`, `127.0.0.1:5000`) are
+replaced by the real ones. `eval "$(cmd)"` and `export VAR=value` lines set the environment of the
+commands after them; a line ending in `&` starts a server that runs until the module ends.
 
 Placeholders (`<run>`, `<MLflow run id>`, `.../best.ckpt`, `/data/...`, ...) are filled from what
 earlier commands really produced (run folders, printed MLflow run ids) or, for a user's own
@@ -28,8 +35,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,7 +98,24 @@ SKIPS: list[tuple[str, str]] = [
     (r"^pip install", "installs an optional package from PyPI"),
 ]
 if not _has_cuda():
-    SKIPS += [(r"trainer=(gpu|ddp)\b", "needs a CUDA GPU")]
+    SKIPS += [(r"trainer=(gpu|ddp|fsdp)\b|hydra/launcher=local_gpus", "needs a CUDA GPU")]
+
+
+def _cluster_reasons() -> list[tuple[str, str]]:
+    """The engines of the cluster section this machine cannot start (pattern, reason)."""
+    sys.path.insert(0, str(ROOT / "tests" / "cluster"))
+    from pg_server import no_server
+    from slurm_cluster import why_not
+
+    out = []
+    if why_not():
+        out.append((r"slurm", f"{why_not()} (tests/cluster/test_slurm.py says the same)"))
+    if no_server():
+        out.append((r"postgres", no_server()))
+    return out
+
+
+SKIPS += _cluster_reasons()
 if shutil.which("optuna-dashboard") is None:
     SKIPS += [(r"^optuna-dashboard", "optuna-dashboard is optional and not installed")]
 
@@ -107,6 +133,8 @@ class Workspace:
     env: dict
     outputs: list[str] = field(default_factory=list)  # stdout of every command so far
     run_ids: dict[str, str] = field(default_factory=dict)  # experiment -> first MLflow run id printed
+    addresses: dict[str, str] = field(default_factory=dict)  # README's default address -> the real one
+    servers: list[subprocess.Popen] = field(default_factory=list)  # started by lines ending in `&`
 
 
 def _copy_checkout(dst: Path) -> None:
@@ -139,8 +167,17 @@ def _user_files(ws: Path, repo: Path) -> None:
                 f.write(json.dumps({"premise": premise, "hypothesis": hypothesis, "label": label}) + "\n")
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> Workspace:
+def ws(tmp_path_factory) -> Iterator[Workspace]:
     if not (SHARED / "tinyshakespeare" / "input.txt").is_file():
         pytest.skip(f"shared data missing at {SHARED}")
     top = tmp_path_factory.mktemp("user")
@@ -155,7 +192,24 @@ def ws(tmp_path_factory) -> Workspace:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("LIT_TF_", "HYDRA_", "MLFLOW_", "PYTEST_")) and k != "PYTHONPATH"}
     env.update(PATH=f"{PY_BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(repo), PYTHONUNBUFFERED="1")
-    return Workspace(repo, env)
+    # the cluster section's engines: state folders the daemons' users can enter (not pytest's
+    # root-only tmp) and free ports, through the variables the README documents
+    engines = Path(tempfile.mkdtemp(prefix="lit_tf_readme_engines."))
+    engines.chmod(0o755)
+    pg_port, slurm_port = _free_port(), _free_port_run(3)
+    env.update(LIT_TF_PG_DIR=str(engines / "postgres"), LIT_TF_PG_PORT=str(pg_port),
+               LIT_TF_SLURM_DIR=str(engines / "slurm"), LIT_TF_SLURM_PORT=str(slurm_port))
+    w = Workspace(repo, env, addresses={"127.0.0.1:5433": f"127.0.0.1:{pg_port}"})
+    try:
+        yield w
+    finally:  # whatever a failed command left running
+        for proc in w.servers:
+            _stop(proc)
+        for script in ("local_slurm.sh", "local_postgres.sh"):
+            if (repo / "scripts" / script).is_file():
+                subprocess.run(["bash", str(repo / "scripts" / script), "down"], env=env, capture_output=True,
+                               timeout=300)
+        shutil.rmtree(engines, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +253,8 @@ def fill(cmd: str, w: Workspace) -> str:
     if "/models/my-bert" in cmd:
         cmd = cmd.replace("/models/my-bert", _hf_dir(w))
     cmd = cmd.replace("=/data/", f"={w.repo.parent}/data/").replace("[/data/", f"[{w.repo.parent}/data/")
+    for default, real in w.addresses.items():
+        cmd = cmd.replace(default, real)
     left = re.findall(r"<[^<>]*>", cmd)
     assert not left, f"README command has placeholder(s) {left} this test cannot fill: teach fill() about them"
     return cmd
@@ -230,28 +286,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _free_port_run(n: int) -> int:
+    """A port p with p .. p+n-1 all free (SLURM's daemons take consecutive ports)."""
+    for _ in range(100):
+        base = _free_port()
+        try:
+            for p in range(base + 1, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise AssertionError(f"no {n} consecutive free ports")
+
+
+def _set_env(w: Workspace, text: str) -> None:
+    """`export VAR=value` lines (as `eval "$(...)"` or the README runs them) -> the workspace environment."""
+    for line in text.splitlines():
+        m = re.match(r"\s*export ([A-Za-z_][A-Za-z0-9_]*)=(.*)$", line)
+        if m:
+            value = shlex.split(m.group(2))[0] if m.group(2).strip() else ""
+            w.env[m.group(1)] = os.path.expandvars(value.replace("$PWD", str(w.repo)))
+
+
+def _wait_http(proc: subprocess.Popen, argv: list[str], url: str, timeout: float = 180) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"`{shlex.join(argv)}` exited {proc.returncode}:\n{proc.stdout.read()[-3000:]}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                assert r.status == 200
+                return r.read().decode(errors="replace")
+        except OSError:
+            assert time.monotonic() < deadline, f"`{shlex.join(argv)}`: no HTTP answer at {url} within {timeout:.0f}s"
+            time.sleep(1)
+
+
 def _serve_and_get(w: Workspace, argv: list[str], port: int, path: str = "/", timeout: float = 180) -> str:
     """Start a server command, wait until it answers HTTP on 127.0.0.1:port, return the page; stop it."""
     proc = subprocess.Popen(argv, cwd=w.repo, env=w.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert proc.poll() is None, f"`{shlex.join(argv)}` exited {proc.returncode}:\n{proc.stdout.read()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-                    assert r.status == 200
-                    return r.read().decode(errors="replace")
-            except OSError:
-                assert time.monotonic() < deadline, f"`{shlex.join(argv)}`: no HTTP answer within {timeout:.0f}s"
-                time.sleep(1)
+        return _wait_http(proc, argv, f"http://127.0.0.1:{port}{path}", timeout)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop(proc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,7 +358,25 @@ def test_readme_command(ws: Workspace, cmd: str) -> None:
     reason = skip_reason(cmd)
     if reason:
         pytest.skip(reason)
-    argv = shrink(shlex.split(fill(cmd, ws)))
+    line = fill(cmd, ws)
+    if line.startswith("eval "):  # eval "$(cmd)": run cmd, take the exports it prints
+        inner = re.fullmatch(r'eval "\$\((.*)\)"', line)
+        assert inner, f"cannot read {line!r}"
+        _set_env(ws, _run(ws, shlex.split(inner.group(1))).stdout)
+        return
+    if line.startswith("export "):
+        _set_env(ws, line)
+        return
+    argv = shrink(shlex.split(line))
+    if argv[-1] == "&":  # a server the next commands use: started now, stopped when the module ends
+        assert argv[:2] == ["make", "mlflow-server"], f"no health check known for the server {line!r}"
+        port = _free_port()
+        proc = subprocess.Popen([*argv[:-1], f"PORT={port}"], cwd=ws.repo, env=ws.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        ws.servers.append(proc)
+        _wait_http(proc, argv, f"http://127.0.0.1:{port}/health")
+        ws.addresses["127.0.0.1:5000"] = f"127.0.0.1:{port}"
+        return
     if argv[:2] == ["make", "ui"]:
         port = _free_port()
         page = _serve_and_get(ws, [*argv, f"PORT={port}"], port)
@@ -295,6 +391,10 @@ def test_readme_command(ws: Workspace, cmd: str) -> None:
         assert "lit_tf: finished" in proc.stdout, proc.stdout[-2000:]
     if "--help" in argv or argv[-1] == "-h":
         assert "usage" in proc.stdout.lower() or "== Config groups ==" in proc.stdout or "Powered by Hydra" in proc.stdout
+    if "trainer=ddp_cpu" in argv and "-m" not in argv:  # every rank ended with the same weights
+        devices = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("trainer.devices=")), 2)
+        info = json.loads(_newest(ws.repo, "outputs/*/runs/*/run.json", "a DDP run").read_text())
+        assert info["replicas"]["world_size"] == devices, info
     sweep = next((a.split("=", 1)[1] for a in argv if a.startswith("sweep=")), None) if "-m" in argv else None
     if sweep == "smoke":  # the sweep the README tells a new user to try: 4 trials, 1 parent run + 4 children
         check_sweep(ws, "smoke", 4, proc.stdout)

@@ -54,6 +54,29 @@ def resolve_checkpoint(ckpt_path: str | None, runs_root: Path) -> tuple[Path | N
     return path, (json.loads(sidecar.read_text()) if sidecar.is_file() else {})
 
 
+def requeued_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint to continue from when this run is a requeued SLURM job, else None.
+
+    A requeued job (`SLURM_RESTART_COUNT` >= 1: preempted, past its time limit, or its node lost)
+    runs the same submission again. In a multirun (or with a stable `hydra.run.dir`) its output
+    folder is the same one (`hydra.sweep.dir/hydra.sweep.subdir`), where the earlier attempt's
+    run.json names the folder it checkpointed to (and the MLflow run that `resolve_checkpoint`
+    then continues). No checkpoint there yet (stopped before the first one): None, a fresh start.
+    """
+    try:
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        restarts = 0
+    if restarts < 1:
+        return None
+    folder = output_dir / "checkpoints"
+    sidecar = output_dir / RUN_FILE
+    if sidecar.is_file():
+        folder = Path(json.loads(sidecar.read_text()).get("checkpoint_dir") or folder)
+    last = folder / "last.ckpt"
+    return last if last.is_file() else None
+
+
 def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2))
@@ -96,6 +119,15 @@ def _instantiate_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list:
         kwargs = {"dirpath": str(ckpt_dir)} if name in ("model_checkpoint", "last_checkpoint") else {}
         callbacks.append(hydra.utils.instantiate(cb_cfg, **kwargs))
     return callbacks
+
+
+def _tracking_store(cfg: DictConfig, check: bool = False):
+    """The MLflow store of this run (`logger.mlflow`: a tracking server or the local folder; the
+    local `paths.mlruns_dir` when logging is off). `check`: a server must answer now."""
+    from lit_tf.tracking.mlflow import open_store
+
+    mcfg = cfg.logger.get("mlflow") if cfg.get("logger") else None
+    return open_store(mcfg if mcfg else {"dir": str(cfg.paths.mlruns_dir)}, check=check)
 
 
 def _job_config(cfg: DictConfig) -> DictConfig:
@@ -177,7 +209,8 @@ def _build_finetuning(
     task = objective_cfg["name"]
     data = OmegaConf.to_container(cfg.data, resolve=True)
     given_path = (data.get("tokenizer") or {}).get("path")  # data.tokenizer.path
-    init = resolve_init(cfg.get("init_from"), str(cfg.paths.mlruns_dir))
+    store = _tracking_store(cfg)
+    init = resolve_init(cfg.get("init_from"), store.tracking_uri, str(store))
     check_max_seq_len(init, int(data["max_seq_len"]))
     tokenizer = init.tokenizer  # the encoder's own (checkpoint, MLflow run, HF dir), or None from scratch
     if tokenizer is not None:  # the encoder's own vocabulary: data.tokenizer.path may only name it again
@@ -264,8 +297,9 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     (`trial.number` set), the run also reports to its trial and stops early when pruned.
     Config values that cannot work raise a LitTfError before any data is read.
     """
+    from lit_tf.lit.parallel import check_trainer, job_process_scope
     from lit_tf.lit.validate import RunConfigError, check_run_config
-    from lit_tf.sweeping.trial import job_trial, trial_process_scope
+    from lit_tf.sweeping.trial import job_trial
 
     check_run_config(*(OmegaConf.to_container(cfg[k], resolve=True) for k in ("data", "model", "objective")),
                      init_from=cfg.get("init_from"))
@@ -274,14 +308,19 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     nonfinite = str(cfg.trainer.get("nonfinite") or "stop")
     if nonfinite not in NONFINITE_MODES:
         raise RunConfigError(f"trainer.nonfinite={nonfinite!r}: expected one of {', '.join(NONFINITE_MODES)}")
-    resume = resolve_checkpoint(cfg.get("ckpt_path"), Path(cfg.paths.runs_root))  # a bad ckpt_path fails before any work
+    check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
+    # a requeued SLURM job continues from its own earlier attempt's checkpoint, whatever ckpt_path says
+    requeued = requeued_checkpoint(Path(cfg.paths.output_dir))
+    if requeued is not None:
+        log.info("requeued SLURM job (restart %s): resuming from %s", os.environ.get("SLURM_RESTART_COUNT"), requeued)
+    resume = resolve_checkpoint(str(requeued) if requeued else cfg.get("ckpt_path"),
+                                Path(cfg.paths.runs_root))  # a bad ckpt_path fails before any work
+    _tracking_store(cfg, check=True)  # logger.mlflow.*: a tracking server must answer now, not after minutes of retries
 
-    trial = job_trial(cfg)  # this job's Optuna trial when a sweep launched it (sets its GPU first)
-    if trial is None:
+    with job_process_scope(gpu=cfg.get("gpu")):
+        trial = job_trial(cfg)  # this job's Optuna trial when a sweep launched it
         with _RunEnd() as run_end:
-            return _train(cfg, list(callbacks or []), None, resume, run_end)
-    with trial_process_scope(), _RunEnd() as run_end:
-        return _train(cfg, list(callbacks or []), trial, resume, run_end)
+            return _train(cfg, list(callbacks or []), trial, resume, run_end)
 
 
 class _RunEnd:
@@ -298,7 +337,7 @@ class _RunEnd:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is None:
             return
-        from lit_tf.lit.failure import Preempted, run_status
+        from lit_tf.lit.failure import Preempted, requeue_slurm_job, run_status
 
         fit_exc = getattr(self.preemption, "exception", None)
         saved = getattr(self.preemption, "saved", None)
@@ -313,12 +352,15 @@ class _RunEnd:
             from lit_tf.tracking import mlflow as tracking
 
             tracking.end_run(self.logger, cause, status)
+        # In a SLURM job the job requeues itself, last: requeueing makes SLURM end this attempt's processes
         if isinstance(exc, Preempted):
             print(f"lit_tf: {exc}", file=sys.stderr, flush=True)
+            requeue_slurm_job()
         elif isinstance(exc, SystemExit) and status == "KILLED" and not exc.code:
             # Lightning's SIGTERM outside a training batch (e.g. during validation) exits with status 0
             print("lit_tf: stopped by SIGTERM outside a training batch: no checkpoint written; "
                   "ckpt_path=last resumes from the last periodic one", file=sys.stderr, flush=True)
+            requeue_slurm_job()
             raise SystemExit(143) from exc
 
 
@@ -328,10 +370,10 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     import torch
 
     from lit_tf import __version__
-    from lit_tf.lit.build import parameter_counts
+    from lit_tf.lit.build import FAMILIES, parameter_counts
     from lit_tf.lit.checkpoint import safe_loading
     from lit_tf.lit.module import LitModule
-    from lit_tf.sweeping.trial import process_rank
+    from lit_tf.lit.parallel import ReplicaCheck, apply_activation_checkpointing, build_strategy, process_rank
     from lit_tf.tracking import mlflow as tracking
 
     t0 = time.time()
@@ -348,12 +390,18 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     ckpt_dir = ckpt_file.parent if ckpt_file is not None else out_dir / "checkpoints"
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    nonfinite = str(trainer_cfg.pop("nonfinite", None) or "stop")  # lit_tf's key (checked in train()), not Lightning's
+    # lit_tf's keys under trainer: (nonfinite is checked in train()), not Lightning's
+    nonfinite = str(trainer_cfg.pop("nonfinite", None) or "stop")
+    act_ckpt, fsdp_opts = bool(trainer_cfg.pop("activation_checkpointing", False)), trainer_cfg.pop("fsdp", None)
     objective_cfg = OmegaConf.to_container(cfg.objective, resolve=True)
     build = _build_finetuning if objective_cfg.get("name") in ("seq_cls", "token_cls") else _build_pretraining
     # resuming: the builders take the tokenizer stored in the checkpoint, so it cannot differ
     b = build(cfg, trainer_cfg, objective_cfg, ckpt_file)
     dm, model = b.datamodule, b.model
+    block = FAMILIES[b.family].block
+    trainer_cfg["strategy"] = build_strategy(trainer_cfg.get("strategy", "auto"), fsdp_opts, block)
+    if act_ckpt:
+        apply_activation_checkpointing(model, block)
     b.meta.update(family=b.family, model_config=model.cfg.to_dict(), objective=objective_cfg,
                   tokenizer_key=b.tokenizer_key, tokenizer_json=b.tokenizer_json, lit_tf_version=__version__)
     optim = cfg.optim
@@ -374,11 +422,11 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
         if trial is not None:
             tags.update(trial.tags())
         logger = tracking.make_logger(
-            str(mcfg.dir), str(mcfg.experiment_name),
+            _tracking_store(cfg), str(mcfg.experiment_name),
             # default name: experiment + output folder (time stamp, or trial_<n> in a sweep); MLflow's own
             # random names repeat here because seed_everything seeds the generator they come from
             cfg.get("run_name") or mcfg.get("run_name") or f"{cfg.name}-{out_dir.name}", tags,
-            run_id=prev_run.get("mlflow_run_id"),
+            run_id=prev_run.get("mlflow_run_id"), unsent_file=out_dir / tracking.UNSENT_FILE,
         )
         if run_end is not None:
             run_end.logger = logger
@@ -399,7 +447,8 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     from lit_tf.lit.checkpoint_io import AtomicCheckpointIO
     from lit_tf.lit.failure import NonFiniteGuard, Preemption
 
-    guards = [NonFiniteGuard(nonfinite), Preemption()]
+    replicas = ReplicaCheck()
+    guards = [NonFiniteGuard(nonfinite), Preemption(), replicas]
     if run_end is not None:
         run_end.preemption = guards[1]
     trainer = L.Trainer(**trainer_cfg, logger=logger if logger else False, plugins=[AtomicCheckpointIO()],
@@ -408,6 +457,12 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     with safe_loading():  # Lightning's own checkpoint loads are weights-only too
         trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt_file) if ckpt_file else None, weights_only=True)
 
+    if replicas.result is not None and trainer.is_global_zero:  # DDP: all ranks ended with identical weights
+        run_info["replicas"] = {"world_size": replicas.result[0], "weights_sha256": replicas.result[1]}
+        _write_json_atomic(out_dir / RUN_FILE, run_info)
+        if logger is not None:
+            tracking.set_tag(logger, "lit_tf.replicas", f"{replicas.result[0]} ranks, identical weights "
+                             f"(sha256 {replicas.result[1][:16]})")
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or ""
     last = getattr(ckpt_cb, "last_model_path", "") or ""
@@ -437,7 +492,7 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
 
 
 def _print_summary(cfg: DictConfig, m: dict, logger) -> None:
-    from lit_tf.tracking.mlflow import ui_command
+    from lit_tf.tracking.mlflow import summary_lines
 
     lines = [
         "",
@@ -449,11 +504,10 @@ def _print_summary(cfg: DictConfig, m: dict, logger) -> None:
     ]
     if logger is not None:
         lines += [
-            f"  MLflow run: {m['run_id']} (experiment '{cfg.logger.mlflow.experiment_name}', store {cfg.logger.mlflow.dir})",
-            "  open the MLflow UI:  make ui   (serves http://127.0.0.1:5000)",
-            f"            or run:  {ui_command(cfg.logger.mlflow.dir)}",
+            *summary_lines(logger, str(cfg.logger.mlflow.experiment_name)),  # where the run is, how to open it
             "  resume this run:    python train.py "
-            + (f"experiment={cfg.name} " if cfg.name != "quickstart" else "") + "ckpt_path=last",
+            + (f"experiment={cfg.name} " if cfg.name != "quickstart" else "") + "ckpt_path=last"
+            + (f" logger.mlflow.tracking_uri={logger.store}" if logger.store.remote else ""),
         ]
     print("\n".join(lines), flush=True)
 

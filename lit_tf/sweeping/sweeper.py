@@ -6,6 +6,12 @@ and tells Optuna each result. Everything it needs to continue lives in the study
 re-running the same command resumes: finished trials stay, trials cut off by a crash or Ctrl-C
 are marked FAIL (interrupted) and their parameters asked again, and numbering continues.
 
+Several sweepers may drive one study at once (the same command on several machines, with a
+PostgreSQL `storage`): they take turns asking, trials running under another live sweeper count
+as in flight, a sweeper with nothing left to ask waits for the others' trials, and the trials of
+a sweeper that died are asked again once (see lit_tf/sweeping/study.py). The study ends at
+`n_trials` in total.
+
 A job that raises (a bad sampled config, CUDA out-of-memory, ...) or returns NaN becomes a FAIL
 trial with its error and the sweep goes on; the sweep stops only when more than
 `max_failure_rate` x `n_trials` trials have failed.
@@ -16,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import shlex
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,7 @@ from lit_tf.sweeping import study as st
 log = logging.getLogger("lit_tf.sweep")
 
 STUDY_ATTR_ENQUEUED = "lit_tf.enqueued_initial"
+WAIT_POLL_S = 2.0  # with nothing left to ask, how often to look at the trials other sweepers run
 
 
 class SweepFailed(RuntimeError):
@@ -157,7 +165,7 @@ class LitTfOptunaSweeper(Sweeper):
         if not st.is_rdb_url(spec):  # the resolved journal path, so jobs never re-derive it
             o.append(f"hydra.sweeper.storage={spec}")
         if gpu is not None:
-            o.append(f"trial.gpu={gpu}")
+            o.append(f"gpu={gpu}")
         return o
 
     def _print(self, msg: str) -> None:
@@ -178,14 +186,19 @@ class LitTfOptunaSweeper(Sweeper):
                                       "range() or choice() under hydra.sweeper.params")
         self._check_keys([*space.distributions, *space.fixed])
         fixed = sp.to_overrides(space.fixed)
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         spec = st.resolve_storage_spec(self.storage, self.sweep_dir)
-        self.spec_shown = spec if not st.is_rdb_url(spec) else "'<storage URL>'"
-        storage = st.open_storage(spec)
+        self.spec_shown = st.shown_storage(spec)  # an RDB URL's password is never printed
+        self._check_storage_reach(spec)
+        mcfg = self._mlflow_config()
+        if mcfg is not None and mcfg.get("tracking_uri"):  # an unreachable tracking server: one error line, nothing written
+            from lit_tf.tracking.mlflow import open_store
+
+            open_store(mcfg, check=True)
+        storage = st.open_storage(spec)  # an unreachable database: one error line naming hydra.sweeper.storage
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         pruner = st.build_pruner(self.pruner_spec)
         self.pruning = len(self.metrics) == 1 and not isinstance(pruner, optuna.pruners.NopPruner)
         sampler_name = st.named_spec(self.sampler_spec, "sampler")[0]
-        sampler = st.build_sampler(self.sampler_spec, space.grid() if sampler_name == "grid" else None, self.seed)
         n_trials = self.n_trials
         if sampler_name == "grid":
             n_grid = math.prod(len(v) for v in space.grid().values())
@@ -193,48 +206,77 @@ class LitTfOptunaSweeper(Sweeper):
                 self._print(f"grid has {n_grid} points: n_trials {n_trials} -> {n_grid}")
                 n_trials = n_grid
 
-        if self.study_name in optuna.get_all_study_names(storage):  # check a resumed study before writing to it
-            st.check_search_space(optuna.load_study(study_name=self.study_name, storage=storage),
-                                  space.distributions, self.spec_shown)
-        study = optuna.create_study(storage=storage, study_name=self.study_name, sampler=sampler, pruner=pruner,
-                                    directions=self.directions, load_if_exists=True)
-        if [d.name.lower() for d in study.directions] != self.directions:
-            raise st.StudyConfigError(
-                f"study '{self.study_name}' in {self.spec_shown} was created with directions "
-                f"{[d.name.lower() for d in study.directions]}, this sweep asks {self.directions}: "
-                "use a new study_name (or storage) for a different objective")
-        st.check_search_space(study, space.distributions, self.spec_shown)
-        if study.metric_names is None:
-            study.set_metric_names(self.metrics)
-        requeued = st.recover(study)
-        if self.enqueue and not study.user_attrs.get(STUDY_ATTR_ENQUEUED):
-            for params in self.enqueue:
-                study.enqueue_trial(params, skip_if_exists=True)
-            study.set_user_attr(STUDY_ATTR_ENQUEUED, True)
-
-        runs = self._open_mlflow(study, spec)
-        c = st.counts(study)
+        # Several sweepers (on this machine or others) may drive this study at once: each step of
+        # bookkeeping below (create or join, recover, count + ask) holds the study lock, trials run
+        # without it. `owner` marks this process's trials; its heartbeat shows it is alive.
+        owner = st.owner_id()
+        with st.study_lock(spec, storage, self.study_name):
+            joined = 0
+            if self.study_name in optuna.get_all_study_names(storage):  # check a resumed study before writing to it
+                existing = optuna.load_study(study_name=self.study_name, storage=storage)
+                st.check_search_space(existing, space.distributions, self.spec_shown)
+                joined = int(existing.user_attrs.get(st.STUDY_ATTR_SWEEPERS, 0))
+            sampler = st.build_sampler(self.sampler_spec, space.grid() if sampler_name == "grid" else None,
+                                       self.seed, seed_offset=joined)
+            study = optuna.create_study(storage=storage, study_name=self.study_name, sampler=sampler,
+                                        pruner=pruner, directions=self.directions, load_if_exists=True)
+            if [d.name.lower() for d in study.directions] != self.directions:
+                raise st.StudyConfigError(
+                    f"study '{self.study_name}' in {self.spec_shown} was created with directions "
+                    f"{[d.name.lower() for d in study.directions]}, this sweep asks {self.directions}: "
+                    "use a new study_name (or storage) for a different objective")
+            st.check_search_space(study, space.distributions, self.spec_shown)
+            if study.metric_names is None:
+                study.set_metric_names(self.metrics)
+            st.join_study(study)
+            requeued = st.recover(study)
+            if self.enqueue and not study.user_attrs.get(STUDY_ATTR_ENQUEUED):
+                for params in self.enqueue:
+                    study.enqueue_trial(params, skip_if_exists=True)
+                study.set_user_attr(STUDY_ATTR_ENQUEUED, True)
+            runs = self._open_mlflow(study, spec)  # under the lock: one parent run for all sweepers
+            c = st.counts(study)
         self._print(f"study '{self.study_name}' in {self.spec_shown}: {c['done']}/{n_trials} trials done"
+                    + (f", {c['running']} running under other sweepers" if c["running"] else "")
                     + (f", re-asking interrupted trial(s) {requeued}" if requeued else "")
+                    + (f"; sweeper #{joined + 1} of this study (sampler seed +{joined})" if joined else "")
                     + f"; outputs in {self.sweep_dir}")
-        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        tmp = self.sweep_dir / f".multirun.yaml.{owner}.tmp"  # sweepers of one study share the folder
+        OmegaConf.save(self.config, tmp)
+        tmp.replace(self.sweep_dir / "multirun.yaml")
 
         pool = self._gpu_pool() if self.n_jobs > 1 else []
         status = "FINISHED"
+        watcher = st.StaleWatcher()
+        waited: set[int] = set()
         try:
-            while True:
-                c = st.counts(study)
-                if c["failed"] > self.max_failure_rate * n_trials:
-                    raise SweepFailed(
-                        f"{c['failed']} of {n_trials} planned trials failed (max_failure_rate="
-                        f"{self.max_failure_rate}); the study is kept in {self.spec_shown}. First errors:\n"
-                        + "\n".join(f"  trial {t.number}: {t.user_attrs.get(st.ATTR_FAIL_REASON, '?')}"
-                                    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                                    if not t.user_attrs.get(st.ATTR_INTERRUPTED))[:3000])
-                left = n_trials - c["done"]
-                if left <= 0:
-                    break
-                self._run_batch(study, min(self.n_jobs, left), base, fixed, space, spec, pool, runs)
+            with st.Heartbeat(study, owner):
+                while True:
+                    with st.study_lock(spec, storage, self.study_name):
+                        st.recover(study, own=owner, watcher=watcher)  # another sweeper that died
+                        c = st.counts(study)
+                        if c["failed"] > self.max_failure_rate * n_trials:
+                            raise SweepFailed(
+                                f"{c['failed']} of {n_trials} planned trials failed (max_failure_rate="
+                                f"{self.max_failure_rate}); the study is kept in {self.spec_shown}. First errors:\n"
+                                + "\n".join(f"  trial {t.number}: {t.user_attrs.get(st.ATTR_FAIL_REASON, '?')}"
+                                            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                                            if not t.user_attrs.get(st.ATTR_INTERRUPTED))[:3000])
+                        # trials running under other live sweepers are in flight: they count, never stolen
+                        left = n_trials - c["done"] - c["running"]
+                        trials = self._ask(study, min(self.n_jobs, left), space, owner) if left > 0 else []
+                    if trials:
+                        self._run_batch(study, trials, base, fixed, space, spec, pool, runs)
+                    elif c["running"]:  # the rest runs elsewhere: wait, and take over what a dead sweeper leaves
+                        others = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                        if {t.number for t in others} - waited:
+                            waited = {t.number for t in others}
+                            self._print(f"{c['done']}/{n_trials} trials done; waiting for "
+                                        + ", ".join(f"#{t.number} ({t.user_attrs.get(st.ATTR_OWNER, '?')})"
+                                                    for t in others))
+                        time.sleep(WAIT_POLL_S)
+                    else:
+                        break
         except BaseException as e:
             status = "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED"
             raise
@@ -242,14 +284,35 @@ class LitTfOptunaSweeper(Sweeper):
             self._finish(study, runs, status)
         return study
 
-    def _run_batch(self, study, size, base, fixed, space, spec, pool, runs) -> None:
-        owner = st.owner_id()
+    def _check_storage_reach(self, spec: str) -> None:
+        """SLURM jobs open the study themselves: a database on 127.0.0.1 (what `make postgres`
+        starts) is reachable from a one-node cluster on this machine (`make slurm-up`), not from
+        other nodes. Say so before the jobs go out, without refusing."""
+        if not st.is_rdb_url(spec) or "Slurm" not in str(OmegaConf.select(self.config, "hydra.launcher._target_")):
+            return
+        from sqlalchemy.engine import make_url
+
+        u = make_url(spec)
+        if u.get_backend_name() != "sqlite" and (u.host or "localhost") in ("localhost", "127.0.0.1", "::1"):
+            self._print(f"warning: hydra.sweeper.storage {self.spec_shown} is on {u.host or 'localhost'}: only SLURM "
+                        "jobs on this machine reach it; on a real cluster use a server the nodes reach by its host name")
+
+    def _ask(self, study, size, space, owner) -> list[optuna.Trial]:
+        """Ask `size` trials (re-asked and enqueued ones first) and mark them as this sweeper's."""
         trials = []
         try:
             for _ in range(size):
                 t = study.ask(space.distributions)
                 trials.append(t)
-                t.set_user_attr(st.ATTR_OWNER, owner)
+                st.claim_trial(study, t, owner)
+        except BaseException as e:
+            for t in trials:
+                st.fail_trial(study, t.number, f"interrupted: {type(e).__name__}", interrupted=True)
+            raise
+        return trials
+
+    def _run_batch(self, study, trials, base, fixed, space, spec, pool, runs) -> None:
+        try:
             self._launch_and_tell(study, trials, base, fixed, spec, pool, runs)
         except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into SystemExit after its cleanup
             for t in trials:  # fail_trial leaves trials that were already told alone
@@ -295,7 +358,7 @@ class LitTfOptunaSweeper(Sweeper):
         pruned_step = ret.get("pruned_step") if isinstance(ret, dict) else None
         if pruned_step is not None:
             trial.set_user_attr(st.ATTR_PRUNED_STEP, int(pruned_step))
-            study.tell(trial, state=TrialState.PRUNED)
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             self._print(f"trial {trial.number} pruned at step {pruned_step}")
             self._record(runs, study, trial, "PRUNED", {}, {"optuna.pruned_step": pruned_step})
             return
@@ -307,14 +370,14 @@ class LitTfOptunaSweeper(Sweeper):
         if not st.finite_values(values):
             self._tell_fail(study, trial, f"objective is not finite: {dict(zip(self.metrics, values))}", runs)
             return
-        study.tell(trial, values)
+        study.tell(trial, values, skip_if_finished=True)  # another sweeper may have taken it over meanwhile
         shown = ", ".join(f"{m}={v:.5g}" for m, v in zip(self.metrics, values))
         self._print(f"trial {trial.number} complete: {shown}")
         self._record(runs, study, trial, "COMPLETE", dict(zip(self.metrics, values)), {})
 
     def _tell_fail(self, study, trial, reason: str, runs) -> None:
         trial.set_user_attr(st.ATTR_FAIL_REASON, reason[:2000])
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         self._print(f"trial {trial.number} FAILED: {reason.splitlines()[-1] if reason else '?'}")
         self._record(runs, study, trial, "FAIL", {}, {"optuna.fail_reason": reason})
 
@@ -327,13 +390,17 @@ class LitTfOptunaSweeper(Sweeper):
             log.warning("MLflow: could not record trial %d: %s", trial.number, e)
 
     # ------------------------------------------------------------------------------- MLflow / end
+    def _mlflow_config(self):
+        return (self.config.get("logger") or {}).get("mlflow") if self.config.get("logger") else None
+
     def _open_mlflow(self, study, spec):
-        mcfg = (self.config.get("logger") or {}).get("mlflow") if self.config.get("logger") else None
+        mcfg = self._mlflow_config()
         if not mcfg:
             return None
+        from lit_tf.tracking.mlflow import open_store
         from lit_tf.tracking.study_runs import StudyRuns
 
-        runs = StudyRuns(str(mcfg.dir), str(mcfg.experiment_name))
+        runs = StudyRuns(open_store(mcfg), str(mcfg.experiment_name))  # a server was checked in _sweep
         parent = runs.open_parent(study.user_attrs.get(st.STUDY_ATTR_PARENT_RUN), self.study_name,
                                   {"optuna.storage": spec if not st.is_rdb_url(spec) else "rdb",
                                    "optuna.sweep_dir": str(self.sweep_dir),
