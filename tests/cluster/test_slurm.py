@@ -143,6 +143,7 @@ def test_slurm_launcher_composes(overrides, nodes, tasks, gpus):
 
 
 # ------------------------------------------------------------------ on the cluster
+@pytest.mark.slow  # the README's `python train.py -m seed=1,2 hydra/launcher=slurm` runs by default
 def test_multirun_jobs_run_as_slurm_jobs(slurm, tmp_path, cache_dir):
     run(slurm, train_cmd(tmp_path, cache_dir, "debug=smoke", "seed=1,2"))
     (sweep,) = tmp_path.glob("outputs/quickstart/multiruns/*")

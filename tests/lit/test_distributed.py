@@ -51,6 +51,7 @@ def _check_ddp_job(root: Path, out_dir: Path, run) -> None:
     assert sorted(steps) == sorted(set(steps)) and len(steps) >= 4, steps
 
 
+@pytest.mark.slow  # the README's `python train.py trainer=ddp_cpu trainer.devices=2` runs by default (replicas checked)
 def test_ddp_cpu_two_ranks_one_folder_one_run(tmp_path, cache_dir):
     # with activation checkpointing, applied from outside the model, on both ranks
     _train(tmp_path, cache_dir, *SMOKE, "trainer=ddp_cpu", "trainer.devices=2", "trainer.activation_checkpointing=true")
