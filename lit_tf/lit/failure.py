@@ -29,6 +29,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from lit_tf.lit.parallel import holds_full_gradients
+
 log = logging.getLogger("lit_tf")
 
 NONFINITE_MODES = ("stop", "skip")
@@ -76,7 +78,9 @@ class NonFiniteGuard(L.Callback):
     """Stop on (or skip) optimizer steps whose loss or gradient norm is NaN/inf.
 
     One device->host sync per optimizer step. With `precision=16-mixed` the GradScaler already
-    skips steps with overflowing gradients, so only the loss is checked there. A finite gradient
+    skips steps with overflowing gradients, so only the loss is checked there. With several ranks
+    the decision is one for all (any rank's bad loss or gradient counts), and under sharded
+    strategies (FSDP) the norm is that of the whole gradient, not of this rank's shard. A finite gradient
     norm is logged as `train/grad_norm` and left on the module (`step_grad_norm`) for clipping.
     """
 
@@ -102,11 +106,15 @@ class NonFiniteGuard(L.Callback):
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         check_grads = bool(grads) and not str(trainer.precision).startswith("16")
         norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False) if check_grads else None
+        if norm is not None and not holds_full_gradients(trainer.strategy):  # a shard on each rank: the norm of all
+            norm = trainer.strategy.reduce(norm.pow(2), reduce_op="sum").sqrt()
         ok = torch.ones((), dtype=torch.bool, device=pl_module.device)
         if loss_ok is not None:
             ok = ok & loss_ok.to(ok.device)
         if norm is not None:
             ok = ok & torch.isfinite(norm).to(ok.device)
+        if trainer.world_size > 1:  # one decision for all ranks (a rank's own loss may be the bad one)
+            ok = torch.tensor(trainer.strategy.reduce_boolean_decision(bool(ok), all=True))
         if bool(ok):  # the one sync
             if norm is not None:
                 # LitModule clips with this norm instead of computing it a second time, and it is logged

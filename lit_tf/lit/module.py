@@ -14,11 +14,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 from torchmetrics import MeanMetric
 
 from lit_tf.lit.optim import build_optimizer, lr_lambda, warmup_steps_for
+from lit_tf.lit.parallel import holds_full_gradients
 
 # Terms whose exp(loss) is a perplexity worth reporting.
 PPL_TERMS = ("mlm", "clm", "tlm")
@@ -203,8 +203,7 @@ class LitModule(L.LightningModule):
         the same gradients, so the same value): one pass over the gradients instead of two. Sharded
         strategies (whose norm needs their own reduction) and other algorithms use Lightning's."""
         norm, self.step_grad_norm = self.step_grad_norm, None
-        # exact types: subclasses such as DeepSpeed's clip (and reduce) on their own
-        full_grads = type(self.trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)
+        full_grads = holds_full_gradients(self.trainer.strategy)  # sharded strategies clip (and reduce) on their own
         if norm is not None and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm" and full_grads:
             grads = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             torch.nn.utils.clip_grads_with_norm_(grads, float(gradient_clip_val), norm)

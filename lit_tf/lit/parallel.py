@@ -54,6 +54,14 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
             + "; on CPU use trainer=ddp_cpu (data parallel over CPU processes)")
 
 
+def holds_full_gradients(strategy: Any) -> bool:
+    """True when every rank holds the whole gradient after backward (one device, DDP), False when
+    each holds a shard (FSDP, DeepSpeed): exact types, since subclasses may shard."""
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    return type(strategy) in (SingleDeviceStrategy, DDPStrategy)
+
+
 def build_strategy(strategy: Any, fsdp: Mapping[str, Any] | None, block: type[nn.Module]) -> Any:
     """`trainer.strategy` -> what L.Trainer takes. `fsdp` shards parameters, gradients and optimizer
     state, one FSDP unit per `block`; `trainer.fsdp` holds FSDPStrategy options (sharding_strategy,

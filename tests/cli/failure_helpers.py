@@ -30,13 +30,15 @@ class BlockAt(L.Callback):
 
 
 class NaNGradAt(L.Callback):
-    """Make one parameter's gradient NaN at the given training steps (a transient bad batch)."""
+    """Make one parameter's gradient NaN at the given training steps (a transient bad batch), on
+    every rank or (`rank`) on one rank only, after DDP has averaged the gradients."""
 
-    def __init__(self, steps: list[int]) -> None:
+    def __init__(self, steps: list[int], rank: int | None = None) -> None:
         self.steps = {int(s) for s in steps}
+        self.rank = rank
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step in self.steps:
+        if trainer.global_step in self.steps and self.rank in (None, trainer.global_rank):
             p = next(p for p in pl_module.parameters() if p.grad is not None)
             p.grad.view(-1)[0] = torch.nan
 

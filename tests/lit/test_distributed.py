@@ -18,8 +18,10 @@ SMOKE = ["debug=smoke"]
 
 
 def _train(root: Path, cache_dir: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    """`python train.py ARGS` as typed, with this test's folder as the project root."""
-    env = dict(os.environ, LIT_TF_CACHE=str(cache_dir), LIT_TF_SHARED_DATA=str(SHARED))
+    """`python train.py ARGS` as typed, with this test's folder as the project root (tests/cli on the
+    path for its test-only callbacks)."""
+    env = dict(os.environ, LIT_TF_CACHE=str(cache_dir), LIT_TF_SHARED_DATA=str(SHARED),
+               PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "cli"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={root}"], cwd=root,
                           env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
@@ -90,6 +92,16 @@ def test_ddp_multirun_every_pretraining_family(tmp_path, cache_dir):
         runs = _runs(tmp_path, name)
         assert len(runs) == 1, [r.info.run_name for r in runs]
         _check_ddp_job(tmp_path, jobs[0], runs[0])
+
+
+def test_a_bad_step_on_one_rank_is_skipped_on_every_rank(tmp_path, cache_dir):
+    """A NaN gradient on rank 1 only (after DDP's averaging, as a shard's would be under FSDP): both
+    ranks must skip that update, or their weights part ways (which ReplicaCheck would report)."""
+    _train(tmp_path, cache_dir, *SMOKE, "trainer=ddp_cpu", "trainer.nonfinite=skip",
+           "+callbacks.nan._target_=failure_helpers.NaNGradAt", "+callbacks.nan.steps=[3]", "+callbacks.nan.rank=1")
+    (run,) = _runs(tmp_path, "quickstart")
+    assert run.data.metrics["train/nonfinite_skipped"] == 1.0
+    _check_ddp_job(tmp_path, next((tmp_path / "outputs" / "quickstart" / "runs").iterdir()), run)
 
 
 @pytest.mark.slow
