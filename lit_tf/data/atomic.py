@@ -1,5 +1,7 @@
-"""Cache folders that are built once, atomically, by one process.
+"""Files and cache folders that are written atomically (whole or not at all).
 
+- `atomic_file`: write a file through a temporary file in its folder, renamed over it when
+  complete: readers (and other writers of the same file) see the old version or the new one.
 - `atomic_dir`: build into a temporary folder next to the final one and rename it when complete,
   so a crash (an exception, SIGKILL, a full disk) never leaves something that looks finished.
   Readers only ever look at the final name, and only trust it when its done-marker file exists.
@@ -9,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -20,6 +23,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path (`.<name>.<random>.tmp`, same folder) to write; when the block ends
+    without an error it replaces `path` (os.replace: atomic), else it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 # How long a waiting rank waits for rank 0 (tokenizer training on a large corpus can take long),
 # and how long it waits before giving up when rank 0 has not even started building.

@@ -21,12 +21,17 @@ from lit_tf.errors import LitTfError, user_errors
 log = logging.getLogger(__name__)
 
 
+def visible_gpus() -> list[str]:
+    """The ids of every CUDA device this process sees."""
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
 def gpu_pool(gpus: Any) -> list[str]:
     """`auto` (every visible CUDA device) or a list of ids -> the pool, as strings."""
     if gpus in (None, "auto"):
-        import torch
-
-        pool = [str(i) for i in range(torch.cuda.device_count())]
+        pool = visible_gpus()
         if not pool:
             raise LitTfError("hydra/launcher=local_gpus: no CUDA GPU is visible on this machine; "
                              "name the pool with hydra.launcher.gpus=[0,1,...] or use hydra/launcher=joblib")

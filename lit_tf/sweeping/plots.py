@@ -4,12 +4,13 @@ plots as PNG files (matplotlib backend, so no browser or plotly is needed)."""
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+
+from lit_tf.data.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,8 @@ def write_study_files(study: optuna.Study, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "trials.csv"]
     # sweepers of one study share the folder and may finish together: each file appears whole
-    tmp = out / f".trials.csv.{os.getpid()}.tmp"
-    trials_table(study).to_csv(tmp, index=False)
-    tmp.replace(files[0])
+    with atomic_file(files[0]) as tmp:
+        trials_table(study).to_csv(tmp, index=False)
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     with_curves = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
@@ -64,10 +64,10 @@ def write_study_files(study: optuna.Study, out_dir: str | Path) -> list[Path]:
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
             fig.set_size_inches(9, 5.5)
             fig.tight_layout()
-            path, tmp = out / f"{name}.png", out / f".{name}.png.{os.getpid()}.tmp"
-            fig.savefig(tmp, dpi=100, format="png")
+            path = out / f"{name}.png"
+            with atomic_file(path) as tmp:
+                fig.savefig(tmp, dpi=100, format="png")
             plt.close(fig)
-            tmp.replace(path)
             files.append(path)
         except Exception as e:  # a plot that the data cannot support is skipped, never fatal
             log.warning("study plot %s skipped: %s", name, e)

@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import TrialState
 
 import lit_tf.resolvers  # noqa: F401  (${lit_tf.cwd:}: the sweep folder resolves before any job runs)
+from lit_tf.data.atomic import atomic_file
 from lit_tf.errors import user_errors
 from lit_tf.sweeping import space as sp
 from lit_tf.sweeping import study as st
@@ -151,11 +152,9 @@ class LitTfOptunaSweeper(Sweeper):
                 raise st.StudyConfigError(f"params.{key}: no such config key{hint}; use +{key} to add a new key")
 
     def _gpu_pool(self) -> list[str]:
-        if self.gpus == "auto":
-            import torch
+        from lit_tf.sweeping.local_gpus import visible_gpus
 
-            return [str(i) for i in range(torch.cuda.device_count())]
-        return list(self.gpus or [])
+        return visible_gpus() if self.gpus == "auto" else list(self.gpus or [])
 
     def _job_overrides(self, trial: optuna.Trial, base: list[str], fixed: list[str], spec: str,
                        gpu: str | None) -> list[str]:
@@ -189,11 +188,7 @@ class LitTfOptunaSweeper(Sweeper):
         spec = st.resolve_storage_spec(self.storage, self.sweep_dir)
         self.spec_shown = st.shown_storage(spec)  # an RDB URL's password is never printed
         self._check_storage_reach(spec)
-        mcfg = self._mlflow_config()
-        if mcfg is not None and mcfg.get("tracking_uri"):  # an unreachable tracking server: one error line, nothing written
-            from lit_tf.tracking.mlflow import open_store
-
-            open_store(mcfg, check=True)
+        mlflow_store = self._mlflow_store()  # an unreachable tracking server: one error line, nothing written
         storage = st.open_storage(spec)  # an unreachable database: one error line naming hydra.sweeper.storage
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         pruner = st.build_pruner(self.pruner_spec)
@@ -234,16 +229,15 @@ class LitTfOptunaSweeper(Sweeper):
                 for params in self.enqueue:
                     study.enqueue_trial(params, skip_if_exists=True)
                 study.set_user_attr(STUDY_ATTR_ENQUEUED, True)
-            runs = self._open_mlflow(study, spec)  # under the lock: one parent run for all sweepers
+            runs = self._open_mlflow(study, spec, mlflow_store)  # under the lock: one parent run for all sweepers
             c = st.counts(study)
         self._print(f"study '{self.study_name}' in {self.spec_shown}: {c['done']}/{n_trials} trials done"
                     + (f", {c['running']} running under other sweepers" if c["running"] else "")
                     + (f", re-asking interrupted trial(s) {requeued}" if requeued else "")
                     + (f"; sweeper #{joined + 1} of this study (sampler seed +{joined})" if joined else "")
                     + f"; outputs in {self.sweep_dir}")
-        tmp = self.sweep_dir / f".multirun.yaml.{owner}.tmp"  # sweepers of one study share the folder
-        OmegaConf.save(self.config, tmp)
-        tmp.replace(self.sweep_dir / "multirun.yaml")
+        with atomic_file(self.sweep_dir / "multirun.yaml") as tmp:  # sweepers of one study share the folder
+            OmegaConf.save(self.config, tmp)
 
         pool = self._gpu_pool() if self.n_jobs > 1 else []
         status = "FINISHED"
@@ -390,17 +384,21 @@ class LitTfOptunaSweeper(Sweeper):
             log.warning("MLflow: could not record trial %d: %s", trial.number, e)
 
     # ------------------------------------------------------------------------------- MLflow / end
-    def _mlflow_config(self):
-        return (self.config.get("logger") or {}).get("mlflow") if self.config.get("logger") else None
-
-    def _open_mlflow(self, study, spec):
-        mcfg = self._mlflow_config()
+    def _mlflow_store(self):
+        """The study's MLflow store (`logger.mlflow`), a tracking server checked now; None without MLflow."""
+        mcfg = (self.config.get("logger") or {}).get("mlflow") if self.config.get("logger") else None
         if not mcfg:
             return None
         from lit_tf.tracking.mlflow import open_store
+
+        return open_store(mcfg, check=True)
+
+    def _open_mlflow(self, study, spec, store):
+        if store is None:
+            return None
         from lit_tf.tracking.study_runs import StudyRuns
 
-        runs = StudyRuns(open_store(mcfg), str(mcfg.experiment_name))  # a server was checked in _sweep
+        runs = StudyRuns(store, str(self.config.logger.mlflow.experiment_name))
         parent = runs.open_parent(study.user_attrs.get(st.STUDY_ATTR_PARENT_RUN), self.study_name,
                                   {"optuna.storage": spec if not st.is_rdb_url(spec) else "rdb",
                                    "optuna.sweep_dir": str(self.sweep_dir),

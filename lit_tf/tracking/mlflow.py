@@ -315,7 +315,7 @@ class LitTfMLflowLogger(MLFlowLogger):
     @rank_zero_only
     def reopen(self) -> None:
         client = self.experiment
-        _call(self, client.update_run, self.run_id, status="RUNNING")
+        self.store.call(client.update_run, self.run_id, status="RUNNING")
         keys = client.get_run(self.run_id).data.metrics
         self._logged_until = {k: max(m.step for m in client.get_metric_history(self.run_id, k)) for k in keys}
 
@@ -365,33 +365,27 @@ def _warn_local_artifacts(logger: LitTfMLflowLogger) -> None:
                     logger._experiment_name, logger.store, location)
 
 
-def _call(logger: MLFlowLogger, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """fn(...) with the logger's store's retry policy (SQLite lock retries only on the local store)."""
-    store = getattr(logger, "store", None)
-    return store.call(fn, *args, **kwargs) if store is not None else with_retry(fn, *args, **kwargs)
-
-
 @rank_zero_only
-def end_run(logger: MLFlowLogger, exc: BaseException, status: str) -> None:
+def end_run(logger: LitTfMLflowLogger, exc: BaseException, status: str) -> None:
     """Record how a run ended on an exception: status FAILED or KILLED, the message as the tag
     `lit_tf.error` (FAILED) or `lit_tf.stopped` (KILLED: Ctrl-C, preemption), and for FAILED the
     traceback as the artifact `error/traceback.txt`. Never raises (the original error matters more)."""
     try:
         client, run_id = logger.experiment, logger.run_id
         message = f"{type(exc).__name__}: {exc}"[:5000]
-        _call(logger, client.set_tag, run_id, "lit_tf.error" if status == "FAILED" else "lit_tf.stopped", message)
+        logger.store.call(client.set_tag, run_id, "lit_tf.error" if status == "FAILED" else "lit_tf.stopped", message)
         if status == "FAILED":
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            _call(logger, client.log_text, run_id, text, "error/traceback.txt")
+            logger.store.call(client.log_text, run_id, text, "error/traceback.txt")
         flush(logger)
-        _call(logger, client.set_terminated, run_id, status)
+        logger.store.call(client.set_terminated, run_id, status)
     except Exception as e:
         log.warning("could not record the end of MLflow run %s: %s", getattr(logger, "run_id", None), e)
 
 
 @rank_zero_only
-def set_tag(logger: MLFlowLogger, key: str, value: str) -> None:
-    _call(logger, logger.experiment.set_tag, logger.run_id, key, value)
+def set_tag(logger: LitTfMLflowLogger, key: str, value: str) -> None:
+    logger.store.call(logger.experiment.set_tag, logger.run_id, key, value)
 
 
 @rank_zero_only
