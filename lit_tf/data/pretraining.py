@@ -130,6 +130,13 @@ def pad_examples(examples: Sequence[Mapping], pad_id: int, multiple: int | None 
     return out
 
 
+def _mark_padding(batch: dict) -> dict:
+    """`no_padding`: True when every row is full length (packed blocks). Then attention runs without
+    a mask (flash kernels on GPU); told by the collator because checking on the device is a sync."""
+    batch["no_padding"] = bool(batch["attention_mask"].all())
+    return batch
+
+
 @dataclass
 class MLMCollator:
     """Pads a list of examples and applies dynamic MLM masking, each row from its own seed."""
@@ -158,7 +165,12 @@ class MLMCollator:
         )
         if "nsp_label" in examples[0]:
             batch["nsp_labels"] = torch.tensor([e["nsp_label"] for e in examples], dtype=torch.long)
-        return batch
+        # Where predictions are needed, as flat indices and their targets: computed here on the CPU,
+        # so the training step selects rows without a device-to-host sync (a bool mask needs one).
+        flat_labels = batch["mlm_labels"].view(-1)
+        batch["mlm_index"] = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)  # (N,)
+        batch["mlm_targets"] = flat_labels[batch["mlm_index"]]  # (N,)
+        return _mark_padding(batch)
 
 
 @dataclass
@@ -174,4 +186,4 @@ class CLMCollator:
         batch.pop("word_start", None)
         batch.pop("token_type_ids", None)
         batch["labels"] = batch["input_ids"].masked_fill(~batch["attention_mask"], IGNORE_INDEX)
-        return batch
+        return _mark_padding(batch)

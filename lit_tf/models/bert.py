@@ -15,9 +15,11 @@ from torch import Tensor, nn
 
 from lit_tf.models.layers import (
     ConfigMixin,
+    Dropout,
     FeedForward,
     MultiHeadAttention,
     count_parameters,
+    select_positions,
     make_activation,
 )
 from lit_tf.models.outputs import ClassifierOutput, EncoderOutput, PreTrainingOutput
@@ -52,7 +54,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_seq_len, cfg.d_model)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor | None = None, position_ids: Tensor | None = None
@@ -74,7 +76,7 @@ class BertBlock(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, dropout=cfg.attn_dropout)
-        self.attn_dropout = nn.Dropout(cfg.dropout)  # residual dropout on the attention branch
+        self.attn_dropout = Dropout(cfg.dropout)  # residual dropout on the attention branch
         self.attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         # FeedForward ends with its own Dropout(cfg.dropout): that is the FFN branch's residual dropout.
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff, dropout=cfg.dropout, activation=cfg.activation)
@@ -207,7 +209,8 @@ class BertForPreTraining(nn.Module):
         mlm_positions: Tensor | None = None,
         position_ids: Tensor | None = None,
     ) -> PreTrainingOutput:
-        """mlm_positions: optional (B, T) bool, True where an MLM prediction is needed. When given,
+        """mlm_positions: optional (B, T) bool, True where an MLM prediction is needed, or the flat
+        indices of its True entries (`select_positions`). When given,
         only those rows are projected to the vocabulary and mlm_logits is (N, V), rows in
         row-major order (torch boolean indexing); otherwise mlm_logits is (B, T, V)."""
         hidden = self.bert(
@@ -217,12 +220,7 @@ class BertForPreTraining(nn.Module):
         if mlm_positions is None:
             mlm_logits = self.mlm_head(hidden)  # (B, T, V)
         else:
-            if mlm_positions.dtype != torch.bool or mlm_positions.shape != input_ids.shape:
-                raise ValueError(
-                    f"mlm_positions must be a bool tensor of shape {tuple(input_ids.shape)}, "
-                    f"got {mlm_positions.dtype} {tuple(mlm_positions.shape)}"
-                )
-            mlm_logits = self.mlm_head(hidden[mlm_positions])  # (B, T, C) -> (N, C) -> (N, V)
+            mlm_logits = self.mlm_head(select_positions(hidden, mlm_positions))  # (N, C) -> (N, V)
 
         nsp_logits = self.nsp_head(hidden) if self.nsp_head is not None else None  # (B, 2)
         return PreTrainingOutput(hidden=hidden, mlm_logits=mlm_logits, nsp_logits=nsp_logits)
@@ -258,7 +256,7 @@ class BertForSequenceClassification(nn.Module):
         self.num_labels = num_labels
         self.bert = BertModel(cfg)
         self.pooler = BertPooler(cfg)
-        self.dropout = nn.Dropout(classifier_dropout_p(num_labels, classifier_dropout, cfg.dropout))
+        self.dropout = Dropout(classifier_dropout_p(num_labels, classifier_dropout, cfg.dropout))
         self.classifier = nn.Linear(cfg.d_model, num_labels)
         _init_bert_weights(self, cfg)
 
@@ -292,7 +290,7 @@ class BertForTokenClassification(nn.Module):
         self.cfg = cfg
         self.num_labels = num_labels
         self.bert = BertModel(cfg)
-        self.dropout = nn.Dropout(classifier_dropout_p(num_labels, classifier_dropout, cfg.dropout))
+        self.dropout = Dropout(classifier_dropout_p(num_labels, classifier_dropout, cfg.dropout))
         self.classifier = nn.Linear(cfg.d_model, num_labels)
         _init_bert_weights(self, cfg)
 

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lit_tf.models.layers import ConfigMixin, FeedForward, KVCache, MultiHeadAttention, count_parameters
+from lit_tf.models.layers import (
+    ConfigMixin,
+    Dropout,
+    FeedForward,
+    KVCache,
+    MultiHeadAttention,
+    count_parameters,
+    linear_argmax_hits,
+    linear_cross_entropy,
+)
 from lit_tf.models.outputs import CausalLMOutput, EncoderOutput
 
 
@@ -45,7 +54,7 @@ class GPTBlock(nn.Module):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, dropout=cfg.attn_dropout, bias=cfg.bias)
-        self.resid_drop = nn.Dropout(cfg.dropout)  # residual dropout on the attention branch
+        self.resid_drop = Dropout(cfg.dropout)  # residual dropout on the attention branch
         self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
         # FeedForward ends with its own Dropout(cfg.dropout): that is the MLP branch's residual dropout.
         self.mlp = FeedForward(
@@ -74,7 +83,7 @@ class GPTModel(nn.Module):
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)  # token embeddings (tied to the LM head)
         self.wpe = nn.Embedding(cfg.max_seq_len, cfg.d_model)  # learned absolute positions
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([GPTBlock(cfg) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
         _init_gpt_weights(self, cfg)
@@ -168,11 +177,22 @@ class GPTForCausalLM(nn.Module):
         _init_gpt_weights(self, cfg)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
+        targets: Tensor | None = None,
     ) -> CausalLMOutput:
-        """See ``GPTModel.forward``. lm_logits[:, t] scores the token at t + 1."""
+        """See ``GPTModel.forward``. lm_logits[:, t] scores the token at t + 1.
+
+        targets: optional (B, T) token ids, IGNORE (-100) where a position has no target. Then the
+        head is fused into the loss (`linear_cross_entropy`): the output carries ``nll`` (and, in
+        eval mode, ``hits``) for those targets and no logits; the caller aligns targets to
+        positions (for next-token prediction, targets[:, t] = input_ids[:, t + 1])."""
         hidden = self.transformer(input_ids, attention_mask=attention_mask, position_ids=position_ids).hidden
-        return CausalLMOutput(hidden=hidden, lm_logits=self.lm_head(hidden))  # (B, T, C), (B, T, V)
+        if targets is None:
+            return CausalLMOutput(hidden=hidden, lm_logits=self.lm_head(hidden))  # (B, T, C), (B, T, V)
+        flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)  # (B*T, C), (B*T,)
+        nll = linear_cross_entropy(flat_h, self.lm_head.weight, flat_t)
+        hits = None if self.training else linear_argmax_hits(flat_h, self.lm_head.weight, flat_t)
+        return CausalLMOutput(hidden=hidden, lm_logits=None, nll=nll, hits=hits)
 
     def forward_with_cache(
         self, input_ids: Tensor, past_kv: list[KVCache] | None = None

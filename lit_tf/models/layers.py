@@ -7,6 +7,7 @@ H = number of heads, Dh = C // H (head size).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -18,6 +19,158 @@ ACTIVATIONS = ("gelu", "gelu_tanh")
 
 # A cache entry for one attention layer: (keys, values), each (B, H, T_total, Dh).
 KVCache = tuple[Tensor, Tensor]
+
+
+# ----------------------------------------------------------------------------- kernel choices
+@dataclasses.dataclass
+class Kernels:
+    """Process-wide kernel choices, like ``torch.backends`` flags: they change speed, never the
+    model's parameters or what it computes (beyond fp rounding and which random draws dropout makes).
+    lit_tf sets them from the run config's ``speed`` block (`set_kernels`)."""
+
+    # CPU dropout masks from 16-bit slices of 64-bit random draws: a quarter of the generator
+    # calls of torch's bernoulli, about 4x faster; p is quantised to 1/65536. GPU: torch's own.
+    fast_dropout: bool = True
+    # "auto": on CPU, attention with dropout runs as explicit matmul-softmax-dropout-matmul (SDPA's
+    # CPU dropout path is several times slower); everything else, and every GPU pass, uses SDPA
+    # (flash / memory-efficient kernels). "sdpa" / "math": always that path.
+    attention: str = "auto"
+
+
+KERNELS = Kernels()
+ATTENTION_PATHS = ("auto", "sdpa", "math")
+
+
+def set_kernels(fast_dropout: bool | None = None, attention: str | None = None) -> Kernels:
+    """Set the process-wide kernel choices (None keeps a value); returns them."""
+    if attention is not None:
+        if attention not in ATTENTION_PATHS:
+            raise ValueError(f"speed.attention must be one of {ATTENTION_PATHS}, got {attention!r}")
+        KERNELS.attention = attention
+    if fast_dropout is not None:
+        KERNELS.fast_dropout = bool(fast_dropout)
+    return KERNELS
+
+
+def keep_mask(shape: tuple[int, ...] | torch.Size, p: float) -> tuple[Tensor, float]:
+    """A CPU dropout keep-mask (bool, ``shape``) and the drop probability it really has.
+
+    Each element gets 16 random bits (four per 64-bit draw of torch's global generator, so seeds
+    and checkpointed RNG state work as usual) and is dropped when they fall below round(p * 2^16):
+    P(drop) = that / 2^16, within 2^-17 of p."""
+    n = math.prod(shape)
+    threshold = min(round(p * 65536), 65535)
+    draws = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+    bits = draws.view(torch.int16)[:n].view(shape)  # uniform over [-2^15, 2^15)
+    return bits >= threshold - 32768, threshold / 65536
+
+
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """``F.dropout`` with the fast CPU mask (`keep_mask`) when ``KERNELS.fast_dropout``."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or not KERNELS.fast_dropout:
+        return F.dropout(x, p, training=True)
+    keep, p_eff = keep_mask(x.shape, p)
+    # where() saves only the bool mask for backward (1 byte per element, like torch's own dropout)
+    return torch.where(keep, x * (1.0 / (1.0 - p_eff)), 0.0)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same attributes, no parameters) drawing its CPU masks with `dropout`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, dropout_p: float) -> Tensor:
+    """softmax(q k^T / sqrt(Dh) [masked]) [dropout] v, spelled out: (B, H, T_q, Dh) -> (B, H, T_q, Dh).
+    Same contract as SDPA (bool mask True = may attend; is_causal aligned to the top-left)."""
+    scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-2, -1))  # (B, H, T_q, T_k)
+    if is_causal:
+        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        mask = causal if mask is None else mask & causal
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = dropout(torch.softmax(scores, dim=-1), dropout_p)
+    return torch.matmul(probs, v)
+
+
+# ----------------------------------------------------------------------------- fused LM head + loss
+def _ce_chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk so one chunk's fp32 logits stay near 16 MB."""
+    return max(64, (1 << 22) // max(vocab_size, 1))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum over rows of -log softmax(h W^T + b)[target], computed chunk by chunk: the (N, V)
+    logits never exist whole. The gradients are computed in the same pass (the loss is a sum,
+    so they only need scaling in backward) and the logits of a chunk are freed at once."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, ignore_index: int):
+        N = hidden.shape[0]
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
+        grad_b = (torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+                  if bias is not None and ctx.needs_input_grad[2] else None)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        step = _ce_chunk_rows(weight.shape[0])
+        for a in range(0, N, step):
+            h, t = hidden[a : a + step], targets[a : a + step]
+            logits = torch.nn.functional.linear(h, weight, bias).float()  # (n, V)
+            valid = t != ignore_index
+            safe_t = t.clamp(min=0).unsqueeze(1)  # (n, 1)
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            total += ((lse - logits.gather(1, safe_t).squeeze(1)) * valid).sum()
+            if need_grad:
+                # d(sum loss)/d logits = softmax - onehot(target), zero on ignored rows (in place on the logits)
+                g = logits.sub_(lse.unsqueeze(1)).exp_()
+                g.scatter_add_(1, safe_t, torch.full_like(safe_t, -1, dtype=g.dtype))
+                g.mul_(valid.unsqueeze(1))
+                if grad_h is not None:
+                    grad_h[a : a + step] = (g.to(weight.dtype) @ weight)
+                if grad_w is not None:
+                    grad_w.addmm_(g.t(), h.float())
+                if grad_b is not None:
+                    grad_b += g.sum(0)
+        ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b)))
+        ctx.has = (grad_h is not None, grad_w is not None, grad_b is not None)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        saved = ctx.saved_tensors
+        out = [saved[i].mul(grad_out).to(ctx.dtypes[i]) if ctx.has[i] else None for i in range(3)]
+        return out[0], out[1], out[2], None, None
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None,
+                         ignore_index: int = -100) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of an output projection without materialising its logits.
+
+    hidden (N, C), weight (V, C), bias (V,) or None, targets (N,) with ``ignore_index`` where a row
+    has no target. Returns (fp32 sum of -log p(target) over scored rows, their count): the same
+    numbers as ``F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="sum")``
+    with peak extra memory of one chunk of logits (about 16 MB) instead of N x V."""
+    n = (targets != ignore_index).sum()
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index), n
+
+
+@torch.no_grad()
+def linear_argmax_hits(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None,
+                       ignore_index: int = -100) -> tuple[Tensor, Tensor]:
+    """(rows whose arg-max token is the target, rows with a target), chunk by chunk like
+    `linear_cross_entropy`."""
+    hits = torch.zeros((), dtype=torch.long, device=hidden.device)
+    step = _ce_chunk_rows(weight.shape[0])
+    for a in range(0, hidden.shape[0], step):
+        t = targets[a : a + step]
+        pred = torch.nn.functional.linear(hidden[a : a + step], weight, bias).argmax(dim=-1)
+        hits += ((pred == t) & (t != ignore_index)).sum()
+    return hits, (targets != ignore_index).sum()
 
 
 def make_activation(name: str) -> nn.Module:
@@ -40,6 +193,22 @@ def count_parameters(module: nn.Module, exclude_embeddings: bool = False) -> int
         skip = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
     # module.parameters() already yields each Parameter object once, so tied weights count once.
     return sum(p.numel() for p in module.parameters() if id(p) not in skip)
+
+
+def select_positions(hidden: Tensor, positions: Tensor) -> Tensor:
+    """The rows of hidden (B, T, C) where predictions are needed -> (N, C), in row-major order.
+
+    positions: a (B, T) bool mask, or the (N,) flat indices b * T + t of its True entries (what
+    collators hand over: indexing with them needs no device-to-host sync, a bool mask does)."""
+    B, T = hidden.shape[:2]
+    if positions.dtype == torch.bool:
+        if positions.shape != (B, T):
+            raise ValueError(f"mlm_positions must be a bool tensor of shape {(B, T)}, got {tuple(positions.shape)}")
+        return hidden[positions]
+    if positions.dim() != 1 or positions.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"mlm_positions as indices must be a 1-D integer tensor, got {positions.dtype} "
+                         f"{tuple(positions.shape)}")
+    return hidden.reshape(B * T, -1).index_select(0, positions)
 
 
 class MultiHeadAttention(nn.Module):
@@ -84,7 +253,11 @@ class MultiHeadAttention(nn.Module):
             # visible key are untouched.
             mask = mask | ~mask.any(dim=-1, keepdim=True)
         dropout_p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+        path = KERNELS.attention
+        if path == "math" or (path == "auto" and dropout_p > 0 and q.device.type == "cpu"):
+            y = math_attention(q, k, v, mask, is_causal, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         return self.out_proj(self._merge_heads(y))  # (B, T_q, C)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
@@ -149,7 +322,7 @@ class FeedForward(nn.Module):
         self.fc_in = nn.Linear(d_model, d_ff, bias=bias)
         self.act = make_activation(activation)
         self.fc_out = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         # (..., C) -> (..., d_ff) -> (..., C)

@@ -1,4 +1,8 @@
-"""Plain dataclasses returned by the models. Models return logits only; losses live in objectives."""
+"""Plain dataclasses returned by the models. Models return logits; losses live in objectives.
+
+The one exception is a speed path: a causal LM given `targets` scores them with its head fused
+into the cross-entropy (`lit_tf.models.layers.linear_cross_entropy`), so the (B, T, V) logits never
+exist; the objective still decides the targets (the causal shift) and the weighting."""
 
 from __future__ import annotations
 
@@ -31,7 +35,11 @@ class CausalLMOutput:
     position t score token t + 1; the shift happens in the objective)."""
 
     hidden: Tensor  # (B, T, C) final hidden states (after the final LayerNorm)
-    lm_logits: Tensor  # (B, T, V)
+    lm_logits: Tensor | None  # (B, T, V); None when the model was given targets to score instead
+    # with targets: (sum of -log p(target), number of scored positions), fp32 / int64 scalars
+    nll: tuple[Tensor, Tensor] | None = None
+    # with targets, in eval mode: (positions whose arg-max is the target, scored positions)
+    hits: tuple[Tensor, Tensor] | None = None
 
 
 @dataclass

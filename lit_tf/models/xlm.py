@@ -31,7 +31,7 @@ from lit_tf.models.bert import (
     _init_bert_weights,
     classifier_dropout_p,
 )
-from lit_tf.models.layers import ConfigMixin, count_parameters
+from lit_tf.models.layers import ConfigMixin, Dropout, count_parameters, select_positions
 from lit_tf.models.outputs import ClassifierOutput, EncoderOutput, PreTrainingOutput
 
 
@@ -97,7 +97,7 @@ class XLMEmbeddings(nn.Module):
         # Absent (None) rather than unused when switched off, so it holds no parameters.
         self.lang_embeddings = nn.Embedding(cfg.n_langs, cfg.d_model) if cfg.use_lang_emb else None
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(
         self, input_ids: Tensor, lang_ids: Tensor | None = None, position_ids: Tensor | None = None
@@ -184,7 +184,8 @@ class XLMForPreTraining(nn.Module):
         position_ids: Tensor | None = None,
         mlm_positions: Tensor | None = None,
     ) -> PreTrainingOutput:
-        """mlm_positions: optional (B, T) bool, True where a prediction is needed (MLM/TLM). When
+        """mlm_positions: optional (B, T) bool, True where a prediction is needed (MLM/TLM), or the flat
+        indices of its True entries (`select_positions`). When
         given, only those rows are projected and mlm_logits is (N, V), rows in row-major order;
         otherwise mlm_logits is the full (B, T, V) (CLM, where every position predicts the next
         token; the shift happens in the loss). nsp_logits is always None."""
@@ -195,12 +196,7 @@ class XLMForPreTraining(nn.Module):
         if mlm_positions is None:
             mlm_logits = self.lm_head(hidden)  # (B, T, V)
         else:
-            if mlm_positions.dtype != torch.bool or mlm_positions.shape != input_ids.shape:
-                raise ValueError(
-                    f"mlm_positions must be a bool tensor of shape {tuple(input_ids.shape)}, "
-                    f"got {mlm_positions.dtype} {tuple(mlm_positions.shape)}"
-                )
-            mlm_logits = self.lm_head(hidden[mlm_positions])  # (B, T, C) -> (N, C) -> (N, V)
+            mlm_logits = self.lm_head(select_positions(hidden, mlm_positions))  # (N, C) -> (N, V)
         return PreTrainingOutput(hidden=hidden, mlm_logits=mlm_logits, nsp_logits=None)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
@@ -223,7 +219,7 @@ class XLMForSequenceClassification(nn.Module):
         self.num_labels = num_labels
         self.xlm = XLMModel(cfg)
         self.pooler = BertPooler(cfg.as_bert_config())
-        self.dropout = nn.Dropout(classifier_dropout_p(num_labels, classifier_dropout, cfg.dropout))
+        self.dropout = Dropout(classifier_dropout_p(num_labels, classifier_dropout, cfg.dropout))
         self.classifier = nn.Linear(cfg.d_model, num_labels)
         _init_weights(self, cfg)
 
@@ -254,7 +250,7 @@ class XLMForTokenClassification(nn.Module):
         self.cfg = cfg
         self.num_labels = num_labels
         self.xlm = XLMModel(cfg)
-        self.dropout = nn.Dropout(classifier_dropout_p(num_labels, classifier_dropout, cfg.dropout))
+        self.dropout = Dropout(classifier_dropout_p(num_labels, classifier_dropout, cfg.dropout))
         self.classifier = nn.Linear(cfg.d_model, num_labels)
         _init_weights(self, cfg)
 
@@ -323,7 +319,7 @@ class LanguageDiscriminator(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(d_model, hidden),
             nn.GELU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(hidden, n_langs),
         )
 

@@ -25,6 +25,7 @@ __all__ = [
     "mlm_loss",
     "next_token_targets",
     "nsp_loss",
+    "shifted_targets",
     "weighted_sum",
 ]
 
@@ -82,6 +83,12 @@ def next_token_targets(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         ``(B, T-1, V)`` logits and ``(B, T-1)`` targets, aligned.
     """
     return logits[:, :-1, :], labels[:, 1:]
+
+
+def shifted_targets(labels: Tensor) -> Tensor:
+    """The causal shift on labels instead of logits: (B, T) -> (B, T) with targets[:, t] =
+    labels[:, t + 1] and IGNORE_INDEX at the last position (for heads that score given targets)."""
+    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], dim=1)
 
 
 def clm_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -29,6 +29,7 @@ from lit_tf.objectives.losses import (
     mlm_loss,
     next_token_targets,
     nsp_loss,
+    shifted_targets,
     weighted_sum,
 )
 
@@ -65,9 +66,27 @@ def _check_weights(weights: Mapping[str, object], expected: set[str], where: str
         raise ValueError(f"{where}: unknown terms {sorted(extra)}; this objective has {sorted(expected)}")
 
 
-def _masked_lm_term(out_logits: Tensor, labels: Tensor) -> tuple[Count, Count]:
-    targets = labels[labels != IGNORE_INDEX]  # (N,) same row-major order as the gathered logits
-    return mlm_loss(out_logits, targets), masked_accuracy(out_logits.detach(), targets)
+def attention_mask(batch: Mapping[str, Tensor]) -> Tensor | None:
+    """The batch's attention mask, or None when the collator found no padding in it (packed
+    blocks): attention then runs without a mask, which lets SDPA pick its flash kernels."""
+    return None if batch.get("no_padding") else batch["attention_mask"]
+
+
+def mlm_positions(batch: Mapping[str, Tensor]) -> Tensor:
+    """Where MLM predictions are needed: the collator's flat indices when it gave them (no
+    device-to-host sync in the step), else the bool mask of the labels."""
+    return batch["mlm_index"] if "mlm_index" in batch else batch["mlm_labels"] != IGNORE_INDEX
+
+
+def _masked_lm_term(out_logits: Tensor, batch: Mapping[str, Tensor], training: bool) -> tuple[Count, Count | None]:
+    """(loss, accuracy counts) of MLM logits at `mlm_positions`; no accuracy in training (an arg-max
+    over N x V that no training metric uses)."""
+    if "mlm_targets" in batch:
+        targets = batch["mlm_targets"]
+    else:
+        labels = batch["mlm_labels"]
+        targets = labels[labels != IGNORE_INDEX]  # (N,) same row-major order as the gathered logits
+    return mlm_loss(out_logits, targets), None if training else masked_accuracy(out_logits.detach(), targets)
 
 
 @dataclass
@@ -94,20 +113,20 @@ class MaskedLMObjective:
     val_terms = terms
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], step: int = 0) -> ObjectiveOutput:
-        labels = batch["mlm_labels"]
         out = model(
             batch["input_ids"],
             token_type_ids=batch.get("token_type_ids"),
-            attention_mask=batch["attention_mask"],
-            mlm_positions=labels != IGNORE_INDEX,
+            attention_mask=attention_mask(batch),
+            mlm_positions=mlm_positions(batch),
         )
-        loss_c, acc_c = _masked_lm_term(out.mlm_logits, labels)
-        terms, acc = {"mlm": loss_c}, {"mlm": acc_c}
+        loss_c, acc_c = _masked_lm_term(out.mlm_logits, batch, model.training)
+        terms, acc = {"mlm": loss_c}, {} if acc_c is None else {"mlm": acc_c}
         if self.nsp:
             if out.nsp_logits is None or "nsp_labels" not in batch:
                 raise ValueError("objective.nsp=true needs a model with an NSP head and batches with nsp_labels")
             terms["nsp"] = nsp_loss(out.nsp_logits, batch["nsp_labels"])
-            acc["nsp"] = masked_accuracy(out.nsp_logits.detach(), batch["nsp_labels"])
+            if not model.training:
+                acc["nsp"] = masked_accuracy(out.nsp_logits.detach(), batch["nsp_labels"])
         return ObjectiveOutput(loss=self.combine(terms), terms=terms, accuracy=acc)
 
     def combine(self, terms: Mapping[str, Count], step: int = 0) -> Tensor:
@@ -117,7 +136,13 @@ class MaskedLMObjective:
 
 @dataclass
 class CausalLMObjective(OneTermObjective):
-    """Next-token prediction. Batches: `input_ids`, `attention_mask`, `labels` (IGNORE_INDEX at padding)."""
+    """Next-token prediction. Batches: `input_ids`, `attention_mask`, `labels` (IGNORE_INDEX at padding).
+
+    fused_loss: the model scores the shifted targets with its head fused into the cross-entropy
+    (`GPTForCausalLM.forward(targets=...)`), so the (B, T, V) logits never exist; False: full
+    logits, then the loss (same value within fp32 rounding)."""
+
+    fused_loss: bool = True
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -126,10 +151,16 @@ class CausalLMObjective(OneTermObjective):
     val_terms = terms
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], step: int = 0) -> ObjectiveOutput:
-        out = model(batch["input_ids"], attention_mask=batch["attention_mask"])
-        term = clm_loss(out.lm_logits, batch["labels"])
-        acc = masked_accuracy(*next_token_targets(out.lm_logits.detach(), batch["labels"]))
-        return ObjectiveOutput(loss=self.combine({"clm": term}), terms={"clm": term}, accuracy={"clm": acc})
+        labels = batch["labels"]
+        if self.fused_loss:
+            out = model(batch["input_ids"], attention_mask=attention_mask(batch), targets=shifted_targets(labels))
+            term, hits = out.nll, out.hits
+        else:
+            out = model(batch["input_ids"], attention_mask=attention_mask(batch))
+            term = clm_loss(out.lm_logits, labels)
+            hits = None if model.training else masked_accuracy(*next_token_targets(out.lm_logits.detach(), labels))
+        acc = {} if hits is None else {"clm": hits}
+        return ObjectiveOutput(loss=self.combine({"clm": term}), terms={"clm": term}, accuracy=acc)
 
 
 class CrossLingualObjective(nn.Module):
@@ -189,22 +220,24 @@ class CrossLingualObjective(nn.Module):
         for name, sub in batch.items():
             term = sub["term"]
             if term == "clm":
-                out = model(sub["input_ids"], lang_ids=sub.get("lang_ids"), attention_mask=sub["attention_mask"],
+                out = model(sub["input_ids"], lang_ids=sub.get("lang_ids"), attention_mask=attention_mask(sub),
                             position_ids=sub.get("position_ids"))
                 terms[name] = clm_loss(out.mlm_logits, sub["labels"])
-                acc[name] = masked_accuracy(*next_token_targets(out.mlm_logits.detach(), sub["labels"]))
+                if not model.training:
+                    acc[name] = masked_accuracy(*next_token_targets(out.mlm_logits.detach(), sub["labels"]))
             else:
-                labels = sub["mlm_labels"]
-                out = model(sub["input_ids"], lang_ids=sub.get("lang_ids"), attention_mask=sub["attention_mask"],
-                            position_ids=sub.get("position_ids"), mlm_positions=labels != IGNORE_INDEX)
-                terms[name], acc[name] = _masked_lm_term(out.mlm_logits, labels)
+                out = model(sub["input_ids"], lang_ids=sub.get("lang_ids"), attention_mask=attention_mask(sub),
+                            position_ids=sub.get("position_ids"), mlm_positions=mlm_positions(sub))
+                terms[name], hits = _masked_lm_term(out.mlm_logits, sub, model.training)
+                if hits is not None:
+                    acc[name] = hits
             weighted[f"{sub.get('stream')}/{term}" if sub.get("stream") else term] = terms[name]
             if self.discriminator is not None and term in ("mlm", "clm") and self.training:
                 pooled = mean_pool(out.hidden, sub["attention_mask"])  # (B, C)
                 adv_logits = self.discriminator(pooled, self.adv_lambda)
                 langs = sub["lang_ids"][:, 0]
                 terms["adv"] = weighted["adv"] = language_adversarial_loss(adv_logits, langs)
-                acc["adv"] = masked_accuracy(adv_logits.detach(), langs)
+                acc["adv"] = masked_accuracy(adv_logits.detach(), langs)  # training only: cheap (B, L)
         loss = self.combine(weighted, step)
         return ObjectiveOutput(loss=loss, terms=terms, accuracy=acc)
 

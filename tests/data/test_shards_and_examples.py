@@ -105,7 +105,12 @@ def test_collator_pads_masks_and_is_seeded(corpus):
     coll = MLMCollator(pad_id=PAD, mask_id=MASK, vocab_size=tok.vocab_size, n_special=N_SPECIAL, whole_word=True)
     keys = [(i, 99) for i in range(16)]
     b1, b2 = coll([ds[k] for k in keys]), coll([ds[k] for k in keys])
-    assert all(torch.equal(b1[k], b2[k]) for k in b1)  # same seed, same masks
+    assert all(torch.equal(b1[k], b2[k]) if torch.is_tensor(b1[k]) else b1[k] == b2[k] for k in b1)  # same seed, same masks
+    # the flat prediction indices and targets the step uses agree with the labels
+    labels = b1["mlm_labels"]
+    assert torch.equal(b1["mlm_index"], (labels.view(-1) != -100).nonzero().squeeze(1))
+    assert torch.equal(b1["mlm_targets"], labels[labels != -100])
+    assert b1["no_padding"] is False  # NSP pairs have different lengths: the mask is needed
     b3 = coll([ds[(i, 100)] for i in range(16)])
     assert not torch.equal(b1["mlm_labels"], b3["mlm_labels"])
     am = b1["attention_mask"]
