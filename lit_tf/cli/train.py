@@ -188,7 +188,7 @@ def _build_pretraining(
     languages = list(getattr(dm, "languages", []))
     model = build_model(model_cfg, objective_cfg, tok.vocab_size, pad_id=tok.special_id(PAD), languages=languages)
     objective = build_objective(objective_cfg, model, streams=getattr(dm, "val_streams", None),
-                                n_langs=max(2, len(languages)))
+                                n_langs=max(2, len(languages)), fused_lm_loss=bool(cfg.speed.fused_lm_loss))
     # tokenizer_key: the content digest of the tokenizer.json stored in checkpoints (not its settings)
     return _Built(dm, model, objective, model_cfg["family"], tok.digest[:16], tok.json_text,
                   meta={"languages": languages})
@@ -383,6 +383,9 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
         callbacks.append(pruning)
     L.seed_everything(int(cfg.seed), workers=True)
     torch.set_float32_matmul_precision(str(cfg.get("matmul_precision", "high")))
+    from lit_tf.models.layers import set_kernels
+
+    set_kernels(fast_dropout=bool(cfg.speed.fast_dropout), attention=str(cfg.speed.attention))
 
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -403,6 +406,8 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     trainer_cfg["strategy"] = build_strategy(trainer_cfg.get("strategy", "auto"), fsdp_opts, block)
     if act_ckpt:
         apply_activation_checkpointing(model, block)
+    if cfg.speed.compile:
+        model.compile()  # in place: parameter names and checkpoints stay the same
     b.meta.update(family=b.family, model_config=model.cfg.to_dict(), objective=objective_cfg,
                   tokenizer_key=b.tokenizer_key, tokenizer_json=b.tokenizer_json, lit_tf_version=__version__)
     optim = cfg.optim
@@ -448,8 +453,10 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     from lit_tf.lit.checkpoint_io import AtomicCheckpointIO
     from lit_tf.lit.failure import NonFiniteGuard, Preemption
 
-    replicas = ReplicaCheck()
-    guards = [NonFiniteGuard(nonfinite), Preemption(), replicas]
+    from lit_tf.lit.perf import Throughput
+
+    replicas, throughput = ReplicaCheck(), Throughput(cache_dir=str(cfg.paths.cache_dir))
+    guards = [NonFiniteGuard(nonfinite), Preemption(), replicas, throughput]
     if run_end is not None:
         run_end.preemption = guards[1]
     trainer = L.Trainer(**trainer_cfg, logger=logger if logger else False, plugins=[AtomicCheckpointIO()],
@@ -468,6 +475,11 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     best = getattr(ckpt_cb, "best_model_path", "") or ""
     last = getattr(ckpt_cb, "last_model_path", "") or ""
     metrics = _final_metrics(trainer)
+    perf = throughput.summary(module.device)
+    metrics.update(perf)
+    if logger is not None and throughput.peak:  # what MFU was computed from (tags: a resumed run may differ)
+        tracking.set_tag(logger, "lit_tf.mfu_basis", f"{throughput.flops_per_token or 0:.4g} FLOPs/token; peak "
+                         f"{throughput.peak:.4g} FLOP/s per device ({throughput.peak_source})")
     pruned_step = pruning.pruned_step if pruning is not None else None
     if pruned_step is not None:
         metrics["pruned_step"] = pruned_step
@@ -492,6 +504,20 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     return metrics
 
 
+def speed_lines(m: dict) -> list[str]:
+    """The summary's speed line: tokens/s, MFU, step time, peak memory, time to the first step."""
+    if "perf/tokens_per_s" not in m:
+        return []
+    parts = [f"{m['perf/tokens_per_s']:,.0f} tokens/s"]
+    if "perf/mfu" in m:
+        parts.append(f"MFU {100 * m['perf/mfu']:.1f}%")
+    parts.append(f"step {m['perf/step_ms']:.0f} ms")
+    parts.append(f"peak mem {m['perf/peak_mem_mb']:,.0f} MB")
+    if "perf/first_step_s" in m:
+        parts.append(f"first step after {m['perf/first_step_s']:.1f}s")
+    return ["  speed:      " + ", ".join(parts)]
+
+
 def _print_summary(cfg: DictConfig, m: dict, logger) -> None:
     from lit_tf.tracking.mlflow import summary_lines
 
@@ -500,6 +526,7 @@ def _print_summary(cfg: DictConfig, m: dict, logger) -> None:
         f"lit_tf: finished '{cfg.name}' in {m['wall_s']:.0f}s",
         *(f"  {k} = {m[k]:.4f}" for k in sorted(m)
           if k.startswith(("val/", "test/", "train/loss")) and isinstance(m[k], float)),
+        *speed_lines(m),
         f"  outputs:    {m['output_dir']}",
         f"  checkpoint: {m['last_ckpt'] or '-'}",
     ]

@@ -91,14 +91,15 @@ def build_model(
 
 def build_objective(
     objective_cfg: Mapping[str, Any], model: nn.Module | None = None, streams: Mapping[str, str] | None = None,
-    n_langs: int = 2,
+    n_langs: int = 2, fused_lm_loss: bool = True,
 ):
-    """The objective callable for `objective_cfg`; `streams` maps XLM validation streams to their term."""
+    """The objective callable for `objective_cfg`; `streams` maps XLM validation streams to their term;
+    `fused_lm_loss`: a causal LM scores its targets with the head fused into the loss (`speed.fused_lm_loss`)."""
     name = objective_cfg.get("name")
     if name not in OBJECTIVES:
         raise ValueError(f"objective.name={name!r} is not one of {list(OBJECTIVES)}")
     if name == "clm":
-        return CausalLMObjective()
+        return CausalLMObjective(fused_loss=fused_lm_loss)
     if name == "seq_cls":
         return SequenceClassificationObjective()
     if name == "token_cls":

@@ -53,6 +53,13 @@ def test_quickstart_cli_smoke_logs_everything(tmp_path, cache_dir):
         assert m in run.data.metrics, m
     steps = [h.step for h in client.get_metric_history(run_id, "train/loss")]
     assert len(steps) >= 4 and max(steps) >= 6
+    # its speed, logged at the logging interval and printed in the summary
+    for m in ("perf/tokens_per_s", "perf/step_ms", "perf/mfu", "perf/peak_mem_mb", "perf/first_step_s"):
+        assert m in run.data.metrics, m
+    assert 0 < run.data.metrics["perf/mfu"] < 1 and run.data.metrics["perf/tokens_per_s"] > 100
+    assert len(client.get_metric_history(run_id, "perf/tokens_per_s")) >= 3  # one per logging window
+    assert "FLOPs/token" in run.data.tags["lit_tf.mfu_basis"]
+    assert "tokens/s, MFU" in proc.stdout
     arts = _artifacts(client, run_id)
     assert "config/config.yaml" in arts and "tokenizer/tokenizer.json" in arts
     assert any(a.startswith("checkpoints/") and a.endswith(".ckpt") for a in arts)
