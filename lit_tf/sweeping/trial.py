@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import lightning as L
-import optuna
 
 from lit_tf.lit.parallel import process_rank
-from lit_tf.sweeping import study as st
+
+if TYPE_CHECKING:  # Optuna is imported by sweep jobs only: a plain run does not pay for it
+    import optuna
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ class JobTrial:
             return None
         if self.study is None:
             return OptunaPruning(None, None)
+        import optuna
+
+        from lit_tf.sweeping import study as st
+
         trial = optuna.trial.Trial(self.study, st.trial_id(self.study, self.number))
         return OptunaPruning(trial, self.metrics[0])
 
@@ -77,7 +83,9 @@ class JobTrial:
         if self.study is None:
             return {}
         tags = {"optuna.study_name": self.study.study_name, "optuna.trial_number": str(self.number)}
-        parent = self.study.user_attrs.get(st.STUDY_ATTR_PARENT_RUN)
+        from lit_tf.sweeping.study import STUDY_ATTR_PARENT_RUN
+
+        parent = self.study.user_attrs.get(STUDY_ATTR_PARENT_RUN)
         if parent:
             tags["mlflow.parentRunId"] = parent
         return tags
@@ -93,6 +101,8 @@ def job_trial(cfg) -> JobTrial | None:
     if process_rank() > 0:  # DDP ranks re-launched by Lightning: no storage access, follow rank 0
         return JobTrial(int(number), None, [], pruning)
     from hydra.core.hydra_config import HydraConfig
+
+    from lit_tf.sweeping import study as st
 
     sweeper = HydraConfig.get().sweeper if HydraConfig.initialized() else None
     if sweeper is None or "study_name" not in sweeper:
