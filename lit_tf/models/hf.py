@@ -557,6 +557,11 @@ _HF_CONFIG_CLASS = {"bert": "BertConfig", "gpt": "GPT2Config", "xlm": "XLMConfig
 # ----------------------------------------------------------------------------- to / from HF
 
 
+def config_to_hf(family: str, cfg: AnyConfig) -> dict[str, Any]:
+    """The HF config keys (as a dict for BertConfig / GPT2Config / XLMConfig) of a lit_tf config."""
+    return _CONFIG_TO_HF[family](cfg)
+
+
 def to_hf(
     model: nn.Module, labels: Sequence[str] | None = None
 ) -> tuple[transformers.PretrainedConfig, dict[str, Tensor]]:

@@ -1,0 +1,319 @@
+"""Training throughput of lit_tf side by side with a reference, in one invocation.
+
+    python benchmarks/throughput.py --family bert|gpt|xlm --vs hf|loop|nolog|levers [--steps N] [--rounds R]
+                                    [--warmup W] [key=value ...]
+
+Both sides train the same model shape on the same data with the same batch size, sequence length,
+optimizer (AdamW, fused kernel) and gradient clipping, in fp32 on whatever device torch uses by
+default here (CPU). Sides alternate (ours, reference, ours, reference, ...) for `--rounds` rounds;
+each run's figure is real (non-padding) tokens per second from the end of step `--warmup` to the
+end of the last step, so set-up (data, model, compilation) and warm-up are left out. The median of
+the rounds is reported; the last lines read `RATIO <name> <ours / reference>` (higher is better for us).
+
+References (`--vs`):
+  hf      HF `transformers` Trainer with the HF model of the same shape (BertForMaskedLM,
+          GPT2LMHeadModel, XLMWithLMHeadModel), HF's own data collator for BERT/GPT (the same packed
+          token blocks from lit_tf's shards), and for XLM lit_tf's MLM + TLM batches (HF has no TLM
+          collator) with one forward per stream, as lit_tf does.
+  loop    a bare PyTorch loop over the same lit_tf model, objective, batches, optimizer, LR schedule
+          and clipping: what Lightning and lit_tf's callbacks cost (ratio 0.97 = 3% overhead).
+  nolog   lit_tf with `logger=none`: what MLflow logging at the default interval costs.
+  levers  lit_tf with each speed switch turned off in turn (`speed.*`, `optim.optimizer.fused`),
+          `speed.compile=true` turned on: what each one buys.
+
+Workloads (the issue's): BERT-mini MLM (4x256, 4 heads, d_ff 1024, seq 128, batch 32, packed
+blocks), GPT (4x256, 4 heads, d_ff 1024, seq 256, batch 16, byte-level BPE), XLM MLM+TLM (4x256,
+seq 128, batch 32 per stream); 16k vocabularies; English = WikiText-2 valid + Tiny Shakespeare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_tf.cli.train import _build_pretraining, compose_config, train  # noqa: E402
+
+WORKLOADS = {
+    "bert": ["model=bert_mini", "model.max_seq_len=128", "objective=mlm", "data=english",
+             "data.tokenizer.vocab_size=16000", "data.max_seq_len=128", "data.batch_size=32"],
+    "gpt": ["experiment=gpt_clm_en", "model.d_model=256", "model.n_layers=4", "model.n_heads=4", "model.d_ff=1024",
+            "model.max_seq_len=256", "data.tokenizer.vocab_size=16000", "data.max_seq_len=256", "data.batch_size=16"],
+    "xlm": ["experiment=xlm_mlm_tlm_en_es", "model.max_seq_len=128", "data.max_seq_len=128", "data.batch_size=32",
+            "data.tokenizer.vocab_size=16000"],
+}
+# lever -> the override that turns it off (compile: on)
+LEVERS = {
+    "fast_dropout": "speed.fast_dropout=false",
+    "cpu_attention": "speed.attention=sdpa",
+    "fused_lm_loss": "speed.fused_lm_loss=false",
+    "fused_adamw": "optim.optimizer.fused=false",
+    "compile": "speed.compile=true",
+}
+
+
+def _tokens(batch) -> torch.Tensor:
+    if "attention_mask" in batch:
+        return batch["attention_mask"].sum()
+    return sum(sub["attention_mask"].sum() for sub in batch.values() if isinstance(sub, dict))
+
+
+def _rate(times: list[float], tokens: list[float], warmup: int) -> float:
+    """Tokens per second from the end of step `warmup` to the end of the last step."""
+    if len(times) <= warmup + 1:
+        raise RuntimeError(f"only {len(times)} steps ran; need more than --warmup {warmup}")
+    return sum(tokens[warmup + 1 :]) / (times[-1] - times[warmup])
+
+
+# ----------------------------------------------------------------------------- lit_tf
+class StepClock:
+    """End time and real tokens of every training step (tokens summed once, at the end)."""
+
+    def __init__(self) -> None:
+        import lightning as L
+
+        clock = self
+
+        class _CB(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                clock.times.append(time.perf_counter())
+                clock._tokens.append(_tokens(batch))
+
+        self.callback = _CB()
+        self.times: list[float] = []
+        self._tokens: list[torch.Tensor] = []
+
+    @property
+    def tokens(self) -> list[float]:
+        return [float(t) for t in self._tokens]
+
+
+def config(family: str, root: Path, steps: int, extra: list[str]):
+    return compose_config([
+        *WORKLOADS[family], "logger=none", "callbacks=none", f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={steps}", "trainer.limit_val_batches=0", "trainer.enable_model_summary=false",
+        "+trainer.enable_progress_bar=false", f"paths.log_dir={root / 'outputs'}", f"paths.mlruns_dir={root / 'mlruns'}",
+        f"paths.cache_dir={root / 'cache'}", *extra,
+    ])
+
+
+def run_ours(family: str, root: Path, steps: int, warmup: int, extra: list[str]) -> tuple[float, dict]:
+    clock = StepClock()
+    metrics = train(config(family, root, steps, extra), callbacks=[clock.callback])
+    return _rate(clock.times, clock.tokens, warmup), metrics
+
+
+# ----------------------------------------------------------------------------- bare loop
+def run_loop(family: str, root: Path, steps: int, warmup: int, extra: list[str]) -> float:
+    """The same model, objective, batches, optimizer, schedule and clipping; no Lightning."""
+    import hydra
+
+    from lit_tf.lit.optim import build_optimizer, lr_lambda, warmup_steps_for
+    from lit_tf.models.layers import set_kernels
+
+    cfg = config(family, root, steps, extra)
+    torch.manual_seed(int(cfg.seed))
+    set_kernels(fast_dropout=bool(cfg.speed.fast_dropout), attention=str(cfg.speed.attention))
+    b = _build_pretraining(cfg, OmegaConf.to_container(cfg.trainer, resolve=True),
+                           OmegaConf.to_container(cfg.objective, resolve=True))
+    b.datamodule.setup("fit")
+    model, objective = b.model, b.objective
+    holder = torch.nn.ModuleDict({"model": model, **({"objective": objective} if isinstance(objective, torch.nn.Module) else {})})
+    opt = build_optimizer(holder, hydra.utils.instantiate(cfg.optim.optimizer), float(cfg.optim.weight_decay))
+    warm = warmup_steps_for(steps, cfg.optim.get("warmup_steps"), float(cfg.optim.get("warmup_ratio") or 0.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warm, str(cfg.optim.schedule),
+                                                             float(cfg.optim.get("min_lr_ratio") or 0.0)))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    clip = float(cfg.trainer.gradient_clip_val)
+    holder.train()
+    times, tokens = [], []
+    for step, batch in enumerate(b.datamodule.train_dataloader()):
+        if step >= steps:
+            break
+        loss = objective(model, batch, step=step).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter())
+        tokens.append(_tokens(batch))
+    return _rate(times, [float(t) for t in tokens], warmup)
+
+
+# ----------------------------------------------------------------------------- HF Trainer
+def _hf_model(family: str, model_cfg):
+    import transformers
+
+    from lit_tf.models.hf import config_to_hf
+
+    d = config_to_hf(family, model_cfg)
+    if family == "bert":
+        return transformers.BertForMaskedLM(transformers.BertConfig(**d))
+    if family == "gpt":
+        return transformers.GPT2LMHeadModel(transformers.GPT2Config(**d))
+    return transformers.XLMWithLMHeadModel(transformers.XLMConfig(**d))
+
+
+def run_hf(family: str, root: Path, steps: int, warmup: int, extra: list[str]) -> float:
+    import transformers
+
+    from lit_tf.data.tokenizer import CLS, MASK, PAD, SEP, UNK
+
+    cfg = config(family, root, steps, extra)
+    b = _build_pretraining(cfg, OmegaConf.to_container(cfg.trainer, resolve=True),
+                           OmegaConf.to_container(cfg.objective, resolve=True))
+    dm = b.datamodule
+    dm.setup("fit")
+    bsz = int(cfg.data.batch_size)
+    times: list[float] = []
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter())
+
+    if family == "xlm":  # lit_tf's own MLM + TLM batches, one forward per stream
+        it = iter(dm.train_dataloader())
+        batches = [next(it) for _ in range(steps)]
+        tokens = [float(_tokens(x)) for x in batches]
+        data, collate, per_device = batches, (lambda items: items[0]), 1
+        weights = dict(cfg.objective.weights)
+
+        class XLMTrainer(transformers.Trainer):
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                loss = 0.0
+                for sub in inputs.values():
+                    out = model(input_ids=sub["input_ids"], langs=sub["lang_ids"], attention_mask=sub["attention_mask"],
+                                position_ids=sub["position_ids"], labels=sub["mlm_labels"])
+                    loss = loss + float(weights.get(sub["term"], 1.0)) * out.loss
+                return loss
+
+        trainer_cls = XLMTrainer
+    else:  # the same packed blocks, HF's own collator (dynamic masking for BERT, the shift for GPT)
+        perm = torch.randperm(len(dm.train_set), generator=torch.Generator().manual_seed(0))[: steps * bsz]
+        data = [{"input_ids": dm.train_set[int(i)]["input_ids"].tolist()} for i in perm]
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_object=dm.tokenizer.tokenizer, pad_token=PAD,
+                                                   mask_token=MASK, cls_token=CLS, sep_token=SEP, unk_token=UNK)
+        collate = transformers.DataCollatorForLanguageModeling(tok, mlm=family == "bert", mlm_probability=0.15)
+        tokens = [float(sum(len(x["input_ids"]) for x in data[i * bsz : (i + 1) * bsz])) for i in range(steps)]
+        per_device, trainer_cls = bsz, transformers.Trainer
+
+    model = _hf_model(family, b.model.cfg)
+    opt = cfg.optim.optimizer
+    args = transformers.TrainingArguments(
+        output_dir=str(root / "hf"), max_steps=steps, per_device_train_batch_size=per_device,
+        learning_rate=float(opt.lr), weight_decay=float(cfg.optim.weight_decay), adam_beta1=float(opt.betas[0]),
+        adam_beta2=float(opt.betas[1]), adam_epsilon=float(opt.eps), warmup_steps=warmup_steps(cfg, steps),
+        lr_scheduler_type=str(cfg.optim.schedule), max_grad_norm=float(cfg.trainer.gradient_clip_val),
+        optim="adamw_torch_fused" if opt.get("fused") else "adamw_torch", use_cpu=not torch.cuda.is_available(),
+        report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        remove_unused_columns=False, seed=int(cfg.seed),
+    )
+    trainer = trainer_cls(model=model, args=args, train_dataset=data, data_collator=collate,
+                          callbacks=[Clock()])
+    trainer.train()
+    return _rate(times, tokens, warmup)
+
+
+def warmup_steps(cfg, steps: int) -> int:
+    from lit_tf.lit.optim import warmup_steps_for
+
+    return warmup_steps_for(steps, cfg.optim.get("warmup_steps"), float(cfg.optim.get("warmup_ratio") or 0.0))
+
+
+# ----------------------------------------------------------------------------- driver
+def _fresh() -> None:
+    gc.collect()
+
+
+def paired(name: str, ours: Callable[[], float], ref: Callable[[], float], rounds: int) -> tuple[float, float]:
+    """Alternate ours and the reference for `rounds` rounds; (median ours, median reference)."""
+    a, b = [], []
+    for r in range(rounds):
+        _fresh()
+        a.append(ours())
+        _fresh()
+        b.append(ref())
+        print(f"  round {r + 1}: {name}: ours {a[-1]:,.0f} tokens/s, reference {b[-1]:,.0f} tokens/s", flush=True)
+    return statistics.median(a), statistics.median(b)
+
+
+def mfu_of(family: str, root: Path, steps: int, tokens_per_s: float, extra: list[str]) -> tuple[float | None, str]:
+    from lit_tf.lit.perf import cpu_peak_flops, flops_per_token
+    from lit_tf.lit.build import model_config
+
+    cfg = config(family, root, steps, extra)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    vocab = int(cfg.data.tokenizer.vocab_size)
+    fam, mcfg = model_config(model_cfg, vocab)
+    fpt = flops_per_token(fam, mcfg, OmegaConf.to_container(cfg.objective, resolve=True), int(cfg.data.max_seq_len))
+    if torch.cuda.is_available():
+        return None, "GPU: see the run's perf/mfu"
+    peak, source = cpu_peak_flops(root / "cache")
+    return tokens_per_s * fpt / peak, f"{fpt / 1e6:.1f} MFLOP/token, peak {peak / 1e9:.0f} GFLOP/s ({source})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", choices=sorted(WORKLOADS), required=True)
+    ap.add_argument("--vs", choices=("hf", "loop", "nolog", "levers"), default="hf")
+    ap.add_argument("--steps", type=int, default=40, help="timed steps per run (after --warmup)")
+    ap.add_argument("--warmup", type=int, default=10, help="steps left out at the start of every run")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--levers", default=",".join(LEVERS), help="--vs levers: which ones (comma separated)")
+    ap.add_argument("overrides", nargs="*", help="extra key=value overrides for both sides")
+    args = ap.parse_args()
+    if args.rounds < 1 or args.steps < 2:
+        ap.error("need --rounds >= 1 and --steps >= 2")
+    fam, steps, warm, extra = args.family, args.steps + args.warmup, args.warmup, list(args.overrides)
+    print(f"lit_tf throughput: family={fam} vs={args.vs} steps={args.steps} (+{warm} warm-up) rounds={args.rounds} "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    with tempfile.TemporaryDirectory(prefix="lit_tf_bench_") as tmp:
+        root = Path(tmp)
+        t = time.perf_counter()
+        train(config(fam, root, 2, extra))  # tokenizer and shards once, outside every timing
+        print(f"  data prepared in {time.perf_counter() - t:.0f}s", flush=True)
+        ratios: list[tuple[str, float]] = []
+        rows: list[tuple[str, float, float]] = []
+        ours_fn = lambda x=(): run_ours(fam, root, steps, warm, extra + list(x))[0]  # noqa: E731
+        if args.vs == "levers":
+            for lever in [x for x in args.levers.split(",") if x]:
+                if lever == "fused_lm_loss" and fam != "gpt":
+                    continue
+                flip = LEVERS[lever]
+                on, off = paired(lever, ours_fn, lambda f=flip: ours_fn([f]), args.rounds)
+                rows.append((f"{lever} ({flip})", on, off))
+                ratios.append((f"{fam}_lever_{lever}", on / off))
+        else:
+            ref = {"hf": lambda: run_hf(fam, root, steps, warm, extra),
+                   "loop": lambda: run_loop(fam, root, steps, warm, extra),
+                   "nolog": lambda: ours_fn(["logger=none"])}[args.vs]
+            mine = (lambda: ours_fn(["logger=mlflow"])) if args.vs == "nolog" else ours_fn
+            on, off = paired(args.vs, mine, ref, args.rounds)
+            rows.append((args.vs, on, off))
+            ratios.append((f"{fam}_vs_{args.vs}", on / off))
+        print(f"\n{'comparison':<44} {'lit_tf tokens/s':>16} {'reference tokens/s':>19} {'ratio':>7}")
+        for name, on, off in rows:
+            print(f"{name:<44} {on:>16,.0f} {off:>19,.0f} {on / off:>6.2f}x")
+        if args.vs != "levers":
+            mfu, basis = mfu_of(fam, root, steps, rows[0][1], extra)
+            if mfu is not None:
+                print(f"\nlit_tf MFU {100 * mfu:.1f}% ({basis})")
+                print(f"MFU {fam} {mfu:.3f}")
+        for name, value in ratios:
+            print(f"RATIO {name} {value:.3f}")
+
+
+if __name__ == "__main__":
+    main()
