@@ -88,18 +88,20 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_caus
     Same contract as SDPA (bool mask True = may attend; is_causal aligned to the top-left)."""
     scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-2, -1))  # (B, H, T_q, T_k)
     if is_causal:
-        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-        mask = causal if mask is None else mask & causal
+        # future keys: above the diagonal (top-left aligned, as SDPA's is_causal)
+        future = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).triu_(1)
+        scores = scores.masked_fill_(future, float("-inf"))
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.masked_fill_(~mask, float("-inf"))
     probs = dropout(torch.softmax(scores, dim=-1), dropout_p)
     return torch.matmul(probs, v)
 
 
 # ----------------------------------------------------------------------------- fused LM head + loss
 def _ce_chunk_rows(vocab_size: int) -> int:
-    """Rows per chunk so one chunk's fp32 logits stay near 16 MB."""
-    return max(64, (1 << 22) // max(vocab_size, 1))
+    """Rows per chunk so one chunk's fp32 logits stay near 64 MB (smaller chunks made the matmuls
+    slower on a 2-core CPU; 64 MB is still a small share of a (B*T, V) logits tensor)."""
+    return max(256, (1 << 24) // max(vocab_size, 1))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -119,18 +121,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
         step = _ce_chunk_rows(weight.shape[0])
         for a in range(0, N, step):
             h, t = hidden[a : a + step], targets[a : a + step]
-            logits = torch.nn.functional.linear(h, weight, bias).float()  # (n, V)
-            valid = t != ignore_index
+            logits = torch.nn.functional.linear(h, weight, bias).float()  # (n, V), ours to overwrite
+            valid = (t != ignore_index).to(logits.dtype)  # (n,)
             safe_t = t.clamp(min=0).unsqueeze(1)  # (n, 1)
-            lse = torch.logsumexp(logits, dim=-1)  # (n,)
-            total += ((lse - logits.gather(1, safe_t).squeeze(1)) * valid).sum()
+            target_logit = logits.gather(1, safe_t).squeeze(1)  # (n,)
+            top = logits.amax(dim=1, keepdim=True)  # (n, 1)
+            e = logits.sub_(top).exp_()  # in place: exp(logits - max)
+            z = e.sum(dim=1, keepdim=True)  # (n, 1)
+            lse = (top + z.log()).squeeze(1)  # (n,) log-sum-exp
+            total += ((lse - target_logit) * valid).sum()
             if need_grad:
-                # d(sum loss)/d logits = softmax - onehot(target), zero on ignored rows (in place on the logits)
-                g = logits.sub_(lse.unsqueeze(1)).exp_()
-                g.scatter_add_(1, safe_t, torch.full_like(safe_t, -1, dtype=g.dtype))
-                g.mul_(valid.unsqueeze(1))
+                # d(sum loss)/d logits = softmax - onehot(target) on scored rows, 0 on ignored ones
+                g = e.mul_((valid.unsqueeze(1) / z))
+                g.scatter_add_(1, safe_t, -valid.unsqueeze(1))
                 if grad_h is not None:
-                    grad_h[a : a + step] = (g.to(weight.dtype) @ weight)
+                    grad_h[a : a + step] = g.to(weight.dtype) @ weight
                 if grad_w is not None:
                     grad_w.addmm_(g.t(), h.float())
                 if grad_b is not None:
@@ -154,7 +159,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, bias: 
     hidden (N, C), weight (V, C), bias (V,) or None, targets (N,) with ``ignore_index`` where a row
     has no target. Returns (fp32 sum of -log p(target) over scored rows, their count): the same
     numbers as ``F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="sum")``
-    with peak extra memory of one chunk of logits (about 16 MB) instead of N x V."""
+    with peak extra memory of one chunk of logits (about 64 MB) instead of N x V."""
     n = (targets != ignore_index).sum()
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index), n
 

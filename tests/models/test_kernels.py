@@ -106,11 +106,11 @@ def _ce_reference(h, w, b, t):
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_linear_cross_entropy_matches_logits_then_loss(with_bias):
     torch.manual_seed(0)
-    V = 40_000  # 104 rows per chunk: 300 rows span three chunks, the last one partial
-    h = torch.randn(300, 16, requires_grad=True)
+    V = 40_000  # 419 rows per chunk: 1000 rows span three chunks, the last one partial
+    h = torch.randn(1000, 16, requires_grad=True)
     w = (torch.randn(V, 16) * 0.1).requires_grad_()
     b = (torch.randn(V) * 0.1).requires_grad_() if with_bias else None
-    t = torch.randint(0, V, (300,))
+    t = torch.randint(0, V, (1000,))
     t[::7] = IGNORE_INDEX
     loss, n = linear_cross_entropy(h, w, t, bias=b)
     (loss * 0.5).backward()  # a non-unit upstream gradient
