@@ -162,3 +162,44 @@ def test_select_positions_by_index_equals_bool_mask():
     assert torch.equal(select_positions(hidden, idx), hidden[mask])
     with pytest.raises(ValueError, match="shape"):
         select_positions(hidden, torch.ones(2, 5, dtype=torch.bool))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["bert", "gpt"])
+def test_a_training_step_never_waits_for_the_gpu(family):
+    """Forward, backward and a fused AdamW step on packed batches make no device-to-host sync
+    (torch's sync debug mode raises on one)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from lit_tf.objectives.pretraining import MaskedLMObjective
+
+    torch.manual_seed(0)
+    B, T, V = 4, 32, 500
+    ids = torch.randint(5, V, (B, T))
+    if family == "bert":
+        model = BertForPreTraining(BertConfig(vocab_size=V, d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=T),
+                                   nsp=False)
+        labels = torch.full((B, T), IGNORE_INDEX)
+        labels[:, ::7] = ids[:, ::7]
+        index = (labels.view(-1) != IGNORE_INDEX).nonzero().squeeze(1)
+        batch = {"input_ids": ids, "attention_mask": torch.ones(B, T, dtype=torch.bool), "mlm_labels": labels,
+                 "mlm_index": index, "mlm_targets": labels.view(-1)[index]}
+        objective = MaskedLMObjective(nsp=False, weights={"mlm": 1.0})
+    else:
+        model = GPTForCausalLM(GPTConfig(vocab_size=V, d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=T))
+        batch = {"input_ids": ids, "attention_mask": torch.ones(B, T, dtype=torch.bool), "labels": ids}
+        objective = CausalLMObjective()
+    model = model.cuda().train()
+    batch = {k: v.cuda() for k, v in batch.items()} | {"no_padding": True}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    objective(model, batch).loss.backward()  # warm-up: lazy initialisation may sync once
+    opt.step()
+    opt.zero_grad()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        objective(model, batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
