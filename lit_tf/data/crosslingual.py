@@ -29,7 +29,14 @@ from lit_tf.data import text
 from lit_tf.data.atomic import build_once
 from lit_tf.data.pretraining import CLMCollator, MLMCollator, PackedBlockDataset, _split_key
 from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler, StreamDataModule
-from lit_tf.data.shards import TokenShard, _is_val_doc, _SplitWriter, build_or_load_shards, token_dtype
+from lit_tf.data.shards import (
+    SHARD_VERSION,
+    TokenShard,
+    _is_val_doc,
+    _SplitWriter,
+    build_or_load_shards,
+    token_dtype,
+)
 from lit_tf.data.tokenizer import (
     CLS,
     MASK,
@@ -140,7 +147,7 @@ def build_or_load_parallel(
                 batch = []
         if batch:
             flush(seen - len(batch))
-        meta = {"version": 1, "tokenizer_digest": tokenizer.digest, "vocab_size": tokenizer.vocab_size,
+        meta = {"version": SHARD_VERSION, "tokenizer_digest": tokenizer.digest, "vocab_size": tokenizer.vocab_size,
                 "special_ids": tokenizer.meta["special_ids"], "dtype": dtype.name, "name": name}
         for (sp, side), w in writers.items():
             w.close(dict(meta, split=sp, side=side))
@@ -386,7 +393,8 @@ class CrossLingualDataModule(StreamDataModule):
             src = self._mono_source(lang)
             root = build_or_load_shards(f"{self.cfg.get('name', 'xlm')}-{lang}", text.fingerprint(src),
                                         lambda src=src: text.iter_documents(src), tok, self.cache_dir / "shards",
-                                        val_fraction=vf, max_docs=self.cfg.get("max_docs"))
+                                        val_fraction=vf, max_docs=self.cfg.get("max_docs"),
+                                        workers=self.cfg.get("shard_workers"))
             self.mono_dirs[lang] = root
         for pair, files in self.parallel_files.items():
             held_out = [f for r in (self.cfg.get("retrieval") or {}).values() for f in (r["src"], r["tgt"])]

@@ -122,18 +122,20 @@ class PretrainDataModule(StreamDataModule):
             self.tokenizer = get_or_train_tokenizer(spec, train_docs, train_fp, self.cache_dir / "tokenizers")
         shard_root = self.cache_dir / "shards"
         name = str(self.cfg.get("name", "corpus"))
+        workers = self.cfg.get("shard_workers")
         if self.sources.val is None:
             root = build_or_load_shards(
                 name, train_fp, train_docs, self.tokenizer, shard_root,
-                val_fraction=float(self.cfg["val_fraction"]), max_docs=max_docs,
+                val_fraction=float(self.cfg["val_fraction"]), max_docs=max_docs, workers=workers,
             )
             self.shard_dirs = {"train": root / "train", "val": root / "val"}
         else:
             val_src = self.sources.val
-            root = build_or_load_shards(name, train_fp, train_docs, self.tokenizer, shard_root, max_docs=max_docs)
+            root = build_or_load_shards(name, train_fp, train_docs, self.tokenizer, shard_root, max_docs=max_docs,
+                                        workers=workers)
             vroot = build_or_load_shards(
                 f"{name}-val", text.fingerprint(val_src), lambda: text.iter_documents(val_src), self.tokenizer,
-                shard_root, max_docs=self.cfg.get("max_val_docs"),
+                shard_root, max_docs=self.cfg.get("max_val_docs"), workers=workers,
             )
             self.shard_dirs = {"train": root / "train", "val": vroot / "train"}
         return self.tokenizer
