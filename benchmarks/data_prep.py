@@ -1,6 +1,7 @@
 """Data preparation at scale: lit_tf's sharding vs HF `datasets.map`, and flat training memory.
 
     python benchmarks/data_prep.py [--mb 200] [--rounds 2] [--workers N] [--skip-memory]
+    python benchmarks/data_prep.py --encode-only [--mb 10] [--rounds 3]
 
 Corpus: the shared English text (WikiText-2 valid raw + Tiny Shakespeare, 2.3 MB) repeated into
 one ~`--mb` MB file in a temporary folder. A WordPiece tokenizer (vocab 16,000, the `data=files`
@@ -26,6 +27,12 @@ Part 2, memory (skip with `--skip-memory`): shards for the 1x corpus and a 10x o
 text repeated), then in a fresh subprocess each, 100 MLM steps of `model=bert_tiny` through
 `lit_tf.cli.train.train` (same tokenizer file), after a 1-step run in another process that builds
 the shards. Reported: the training process's `ru_maxrss` and the 10x/1x ratio.
+
+`--encode-only`: instead of parts 1 and 2, the encoding step alone, in this process on one
+encoding thread: the corpus's sentences in `write_shards`' batches through `encode_flat` (several
+sentences per `Encoding` when the tokenizer allows) and through `_encode_each` (one `Encoding` per
+sentence), alternating, `--rounds` times each; CPU time (`time.process_time`, less disturbed by
+other load than wall time) is compared. Ends with `ENCODE_SPEEDUP <each CPU / encode_flat CPU>`.
 
 Ends with `RATIO data_prep <ours speed / hf speed>`, `PEAK_RSS_MB data_prep <ours>` and
 `RSS_GROWTH_10X <ratio>`. Everything is written under one temporary folder, removed at the end.
@@ -212,6 +219,32 @@ def check_same_ids(ours_root: Path, hf_files: list[str]) -> tuple[bool, int, str
     return True, pos, "whole corpus"
 
 
+def encode_cost(corpus: Path, tok, rounds: int) -> float:
+    """`--encode-only`: CPU seconds of `encode_flat` vs one `Encoding` per sentence (see the module
+    docstring); prints both and returns the speed-up."""
+    from lit_tf.data import shards, text
+    from lit_tf.data.tokenizer import _encode_each, encode_flat, joinable
+
+    src = {"files": [str(corpus)], "text_field": "text", "doc_per_line": False}
+    batches = [[s for doc in b for s in doc]
+               for b in shards._batched(text.iter_documents(src), shards._ENCODE_BATCH_SENTENCES)]
+    encoder = shards._without_post_processor(tok.tokenizer)
+    dtype = shards.token_dtype(tok.vocab_size)
+    n_sents = sum(map(len, batches))
+    print(f"encode only: {n_sents:,} sentences in {len(batches)} batches, joinable={joinable(encoder)}, "
+          f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS')}")
+    cpu: dict[str, list[float]] = {"each": [], "encode_flat": []}
+    for r in range(rounds):
+        for name, fn in (("each", _encode_each), ("encode_flat", encode_flat)):
+            c0 = time.process_time()
+            n_tok = sum(len(fn(encoder, b, dtype)[0]) for b in batches)
+            cpu[name].append(time.process_time() - c0)
+            print(f"  round {r + 1} {name:11s}: CPU {cpu[name][-1]:.2f}s, {n_tok:,} tokens", flush=True)
+    each, flat = statistics.median(cpu["each"]), statistics.median(cpu["encode_flat"])
+    print(f"median CPU: one Encoding per sentence {each:.2f}s, encode_flat {flat:.2f}s")
+    return each / flat
+
+
 def fmt_table(rows: list[list], header: list[str]) -> str:
     cells = [header, *[[str(c) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -226,7 +259,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="lit_tf encoder processes (default: lit_tf's default)")
     ap.add_argument("--steps", type=int, default=100, help="training steps per run in the memory part")
     ap.add_argument("--skip-memory", action="store_true", help="skip part 2 (training memory, 1x vs 10x)")
+    ap.add_argument("--encode-only", action="store_true",
+                    help="only the encoding step, in-process: encode_flat vs one Encoding per sentence (CPU time)")
     args = ap.parse_args()
+    if args.encode_only:  # one encoding thread: CPU time compares like with like, and the machine stays free
+        os.environ["RAYON_NUM_THREADS"] = "1"
     for f in BASE_FILES:
         if not (SHARED / f).is_file():
             raise SystemExit(f"missing shared data file {SHARED / f} (set LIT_TF_SHARED_DATA)")
@@ -252,6 +289,10 @@ def main() -> None:
         print(f"corpus: {nbytes / 1e6:.1f} MB ({copies} copies of {' + '.join(BASE_FILES)}), {os.cpu_count()} CPUs")
         print(f"tokenizer: wordpiece vocab {tok.vocab_size}, trained on the 1x text ({base_bytes / 1e6:.2f} MB) "
               f"in {t_tok:.1f}s (not part of the comparison)")
+
+        if args.encode_only:
+            print(f"ENCODE_SPEEDUP {encode_cost(corpus, tok, args.rounds):.3f}")
+            return
 
         # ---------------------------------------------------------------- part 1: speed
         runs: dict[str, list[dict]] = {"ours": [], "hf": []}
