@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import statistics
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_tf.cli.train import _build_pretraining, compose_config, train  # noqa: E402
+from lit_tf.cli.train import _build_pretraining, compose_config, train
 
 WORKLOADS = {
     "bert": ["model=bert_mini", "model.max_seq_len=128", "objective=mlm", "data=english",
@@ -250,8 +249,8 @@ def paired(name: str, ours: Callable[[], float], ref: Callable[[], float], round
 
 
 def mfu_of(family: str, root: Path, steps: int, tokens_per_s: float, extra: list[str]) -> tuple[float | None, str]:
-    from lit_tf.lit.perf import cpu_peak_flops, flops_per_token
     from lit_tf.lit.build import model_config
+    from lit_tf.lit.perf import cpu_peak_flops, flops_per_token
 
     cfg = config(family, root, steps, extra)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)

@@ -452,7 +452,6 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
 
     from lit_tf.lit.checkpoint_io import AtomicCheckpointIO
     from lit_tf.lit.failure import NonFiniteGuard, Preemption
-
     from lit_tf.lit.perf import Throughput
 
     replicas, throughput = ReplicaCheck(), Throughput(cache_dir=str(cfg.paths.cache_dir))

@@ -163,7 +163,7 @@ def process_age_s() -> float | None:
         import psutil
 
         return time.time() - psutil.Process().create_time()
-    except Exception:  # noqa: BLE001 - best effort, a figure for the logs only
+    except Exception:
         return None
 
 

@@ -19,8 +19,8 @@ from lit_tf.models.layers import (
     FeedForward,
     MultiHeadAttention,
     count_parameters,
-    select_positions,
     make_activation,
+    select_positions,
 )
 from lit_tf.models.outputs import ClassifierOutput, EncoderOutput, PreTrainingOutput
 

@@ -132,7 +132,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += ((lse - target_logit) * valid).sum()
             if need_grad:
                 # d(sum loss)/d logits = softmax - onehot(target) on scored rows, 0 on ignored ones
-                g = e.mul_((valid.unsqueeze(1) / z))
+                g = e.mul_(valid.unsqueeze(1) / z)
                 g.scatter_add_(1, safe_t, -valid.unsqueeze(1))
                 if grad_h is not None:
                     grad_h[a : a + step] = g.to(weight.dtype) @ weight
