@@ -121,25 +121,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         step = _ce_chunk_rows(weight.shape[0])
         for a in range(0, N, step):
             h, t = hidden[a : a + step], targets[a : a + step]
-            logits = torch.nn.functional.linear(h, weight, bias).float()  # (n, V), ours to overwrite
-            valid = (t != ignore_index).to(logits.dtype)  # (n,)
+            logits = torch.nn.functional.linear(h, weight, bias).float()  # (n, V)
+            valid = (t != ignore_index).to(logits.dtype).unsqueeze(1)  # (n, 1)
             safe_t = t.clamp(min=0).unsqueeze(1)  # (n, 1)
-            target_logit = logits.gather(1, safe_t).squeeze(1)  # (n,)
-            top = logits.amax(dim=1, keepdim=True)  # (n, 1)
-            e = logits.sub_(top).exp_()  # in place: exp(logits - max)
-            z = e.sum(dim=1, keepdim=True)  # (n, 1)
-            lse = (top + z.log()).squeeze(1)  # (n,) log-sum-exp
-            total += ((lse - target_logit) * valid).sum()
+            # one row-wise pass (each row is processed in cache), instead of max, exp, sum passes
+            logp = torch.log_softmax(logits, dim=1)  # (n, V)
+            del logits
+            total -= (logp.gather(1, safe_t) * valid).sum()
             if need_grad:
-                # d(sum loss)/d logits = softmax - onehot(target) on scored rows, 0 on ignored ones
-                g = e.mul_(valid.unsqueeze(1) / z)
-                g.scatter_add_(1, safe_t, -valid.unsqueeze(1))
+                # d(sum loss)/d logits = softmax - onehot(target) on scored rows, 0 on ignored ones;
+                # the ignored rows are zeroed on the (n, C) side, never with a pass over (n, V)
+                g = logp.exp_()
+                g.scatter_add_(1, safe_t, torch.full_like(valid, -1.0))
                 if grad_h is not None:
-                    grad_h[a : a + step] = g.to(weight.dtype) @ weight
+                    grad_h[a : a + step] = (g.to(weight.dtype) @ weight) * valid.to(weight.dtype)
                 if grad_w is not None:
-                    grad_w.addmm_(g.t(), h.float())
+                    grad_w.addmm_(g.t(), h.float() * valid)
                 if grad_b is not None:
-                    grad_b += g.sum(0)
+                    grad_b += (valid.t() @ g).squeeze(0)
         ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b)))
         ctx.has = (grad_h is not None, grad_w is not None, grad_b is not None)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
