@@ -108,7 +108,10 @@ def _cpu_name() -> str:
 
 def probe_cpu_peak_flops(size: int = CPU_PROBE_SIZE, repeats: int = 5) -> float:
     """FLOP/s of the best of `repeats` fp32 (size x size) matmuls on this process's CPU threads."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    # a private generator: the probe must not move the global one (dropout draws from it, and a
+    # resumed run, whose probe is cached, must see the same random stream as an uninterrupted one)
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
     a @ b  # warm-up: thread pool, caches
     best = float("inf")
     for _ in range(repeats):

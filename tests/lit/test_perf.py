@@ -98,7 +98,11 @@ def test_gpu_peak_table():
 
 
 def test_cpu_peak_is_probed_once_and_cached(tmp_path):
+    rng = torch.get_rng_state()
     peak, source = cpu_peak_flops(tmp_path)
+    # the probe leaves the global generator alone: with it, a run that probes and a resumed run that
+    # reads the cache drew different dropout masks (resume was no longer the uninterrupted run)
+    assert torch.equal(torch.get_rng_state(), rng)
     assert peak > 1e9 and source == "cpu matmul probe"
     again, source = cpu_peak_flops(tmp_path)
     assert again == peak and source == "cpu matmul probe (cached)"
