@@ -315,4 +315,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from lit_tf.errors import user_errors
+
+    with user_errors():  # bad input (e.g. no shared data) reads as one line, as with train.py
+        main()

@@ -261,14 +261,9 @@ class Throughput(L.Callback):
     def summary(self, device: torch.device) -> dict[str, float]:
         """The run's figures: tokens/s, step ms and MFU over its logging windows, peak memory."""
         windows = self.windows[1:] if len(self.windows) > 1 else self.windows
-        out: dict[str, float] = {"perf/peak_mem_mb": peak_memory_mb(device)}
+        seconds, tokens, steps = (sum(w[i] for w in windows) for i in range(3))
+        out = (self._figures(seconds, tokens, steps, device) if seconds > 0
+               else {"perf/peak_mem_mb": peak_memory_mb(device)})
         if self.first_step_s is not None:
             out["perf/first_step_s"] = self.first_step_s
-        seconds = sum(w[0] for w in windows)
-        if seconds > 0:
-            tokens, steps = sum(w[1] for w in windows), sum(w[2] for w in windows)
-            out.update({"perf/tokens_per_s": tokens / seconds, "perf/step_ms": 1e3 * seconds / steps})
-            mfu = self.mfu(tokens / seconds)
-            if mfu is not None:
-                out["perf/mfu"] = mfu
         return out

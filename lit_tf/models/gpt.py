@@ -21,7 +21,6 @@ from lit_tf.models.layers import (
     KVCache,
     MultiHeadAttention,
     count_parameters,
-    linear_argmax_hits,
     linear_cross_entropy,
 )
 from lit_tf.models.outputs import CausalLMOutput, EncoderOutput
@@ -190,8 +189,7 @@ class GPTForCausalLM(nn.Module):
         if targets is None:
             return CausalLMOutput(hidden=hidden, lm_logits=self.lm_head(hidden))  # (B, T, C), (B, T, V)
         flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)  # (B*T, C), (B*T,)
-        nll = linear_cross_entropy(flat_h, self.lm_head.weight, flat_t)
-        hits = None if self.training else linear_argmax_hits(flat_h, self.lm_head.weight, flat_t)
+        nll, hits = linear_cross_entropy(flat_h, self.lm_head.weight, flat_t, count_hits=not self.training)
         return CausalLMOutput(hidden=hidden, lm_logits=None, nll=nll, hits=hits)
 
     def forward_with_cache(

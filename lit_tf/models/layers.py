@@ -110,8 +110,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     so they only need scaling in backward) and the logits of a chunk are freed at once."""
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, ignore_index: int):
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, ignore_index: int,
+                count_hits: bool):
         N = hidden.shape[0]
+        hits = torch.zeros((), dtype=torch.long, device=hidden.device)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
@@ -126,6 +128,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             safe_t = t.clamp(min=0).unsqueeze(1)  # (n, 1)
             # one row-wise pass (each row is processed in cache), instead of max, exp, sum passes
             logp = torch.log_softmax(logits, dim=1)  # (n, V)
+            if count_hits:  # evaluation: arg-max accuracy from the same chunk
+                hits += ((logits.argmax(dim=1, keepdim=True) == safe_t) & (valid > 0)).sum()
             del logits
             total -= (logp.gather(1, safe_t) * valid).sum()
             if need_grad:
@@ -142,39 +146,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (grad_h, grad_w, grad_b)))
         ctx.has = (grad_h is not None, grad_w is not None, grad_b is not None)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
-        return total
+        ctx.mark_non_differentiable(hits)
+        return total, hits
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx, grad_out: Tensor, _grad_hits: Tensor | None = None):
         saved = ctx.saved_tensors
         out = [saved[i].mul(grad_out).to(ctx.dtypes[i]) if ctx.has[i] else None for i in range(3)]
-        return out[0], out[1], out[2], None, None
+        return out[0], out[1], out[2], None, None, None
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None,
-                         ignore_index: int = -100) -> tuple[Tensor, Tensor]:
+                         ignore_index: int = -100, count_hits: bool = False
+                         ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
     """Cross-entropy of an output projection without materialising its logits.
 
     hidden (N, C), weight (V, C), bias (V,) or None, targets (N,) with ``ignore_index`` where a row
-    has no target. Returns (fp32 sum of -log p(target) over scored rows, their count): the same
-    numbers as ``F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="sum")``
-    with peak extra memory of one chunk of logits (about 64 MB) instead of N x V."""
+    has no target. Returns ((fp32 sum of -log p(target) over scored rows, their count), hits): the
+    same numbers as ``F.cross_entropy(F.linear(hidden, weight, bias).float(), targets, reduction="sum")``
+    with peak extra memory of one chunk of logits (about 64 MB) instead of N x V. With
+    ``count_hits``, hits = (scored rows whose arg-max is the target, scored rows), from the same
+    chunks; else None."""
     n = (targets != ignore_index).sum()
-    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index), n
-
-
-@torch.no_grad()
-def linear_argmax_hits(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None,
-                       ignore_index: int = -100) -> tuple[Tensor, Tensor]:
-    """(rows whose arg-max token is the target, rows with a target), chunk by chunk like
-    `linear_cross_entropy`."""
-    hits = torch.zeros((), dtype=torch.long, device=hidden.device)
-    step = _ce_chunk_rows(weight.shape[0])
-    for a in range(0, hidden.shape[0], step):
-        t = targets[a : a + step]
-        pred = torch.nn.functional.linear(hidden[a : a + step], weight, bias).argmax(dim=-1)
-        hits += ((pred == t) & (t != ignore_index)).sum()
-    return hits, (targets != ignore_index).sum()
+    total, hits = _LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index, count_hits)
+    return (total, n), ((hits, n) if count_hits else None)
 
 
 def make_activation(name: str) -> nn.Module:

@@ -78,7 +78,13 @@ def mlm_positions(batch: Mapping[str, Tensor]) -> Tensor:
     return batch["mlm_index"] if "mlm_index" in batch else batch["mlm_labels"] != IGNORE_INDEX
 
 
-def _masked_lm_term(out_logits: Tensor, batch: Mapping[str, Tensor], training: bool) -> tuple[Count, Count | None]:
+def _accuracy(model: nn.Module, logits: Tensor, targets: Tensor) -> Count | None:
+    """Arg-max accuracy counts for evaluation; None in training (an arg-max over the logits that no
+    training metric uses)."""
+    return None if model.training else masked_accuracy(logits.detach(), targets)
+
+
+def _masked_lm_term(out_logits: Tensor, batch: Mapping[str, Tensor], model: nn.Module) -> tuple[Count, Count | None]:
     """(loss, accuracy counts) of MLM logits at `mlm_positions`; no accuracy in training (an arg-max
     over N x V that no training metric uses)."""
     if "mlm_targets" in batch:
@@ -86,7 +92,7 @@ def _masked_lm_term(out_logits: Tensor, batch: Mapping[str, Tensor], training: b
     else:
         labels = batch["mlm_labels"]
         targets = labels[labels != IGNORE_INDEX]  # (N,) same row-major order as the gathered logits
-    return mlm_loss(out_logits, targets), None if training else masked_accuracy(out_logits.detach(), targets)
+    return mlm_loss(out_logits, targets), _accuracy(model, out_logits, targets)
 
 
 @dataclass
@@ -119,14 +125,14 @@ class MaskedLMObjective:
             attention_mask=attention_mask(batch),
             mlm_positions=mlm_positions(batch),
         )
-        loss_c, acc_c = _masked_lm_term(out.mlm_logits, batch, model.training)
+        loss_c, acc_c = _masked_lm_term(out.mlm_logits, batch, model)
         terms, acc = {"mlm": loss_c}, {} if acc_c is None else {"mlm": acc_c}
         if self.nsp:
             if out.nsp_logits is None or "nsp_labels" not in batch:
                 raise ValueError("objective.nsp=true needs a model with an NSP head and batches with nsp_labels")
             terms["nsp"] = nsp_loss(out.nsp_logits, batch["nsp_labels"])
-            if not model.training:
-                acc["nsp"] = masked_accuracy(out.nsp_logits.detach(), batch["nsp_labels"])
+            if (hits := _accuracy(model, out.nsp_logits, batch["nsp_labels"])) is not None:
+                acc["nsp"] = hits
         return ObjectiveOutput(loss=self.combine(terms), terms=terms, accuracy=acc)
 
     def combine(self, terms: Mapping[str, Count], step: int = 0) -> Tensor:
@@ -158,7 +164,7 @@ class CausalLMObjective(OneTermObjective):
         else:
             out = model(batch["input_ids"], attention_mask=attention_mask(batch))
             term = clm_loss(out.lm_logits, labels)
-            hits = None if model.training else masked_accuracy(*next_token_targets(out.lm_logits.detach(), labels))
+            hits = _accuracy(model, *next_token_targets(out.lm_logits, labels))
         acc = {} if hits is None else {"clm": hits}
         return ObjectiveOutput(loss=self.combine({"clm": term}), terms={"clm": term}, accuracy=acc)
 
@@ -223,14 +229,13 @@ class CrossLingualObjective(nn.Module):
                 out = model(sub["input_ids"], lang_ids=sub.get("lang_ids"), attention_mask=attention_mask(sub),
                             position_ids=sub.get("position_ids"))
                 terms[name] = clm_loss(out.mlm_logits, sub["labels"])
-                if not model.training:
-                    acc[name] = masked_accuracy(*next_token_targets(out.mlm_logits.detach(), sub["labels"]))
+                hits = _accuracy(model, *next_token_targets(out.mlm_logits, sub["labels"]))
             else:
                 out = model(sub["input_ids"], lang_ids=sub.get("lang_ids"), attention_mask=attention_mask(sub),
                             position_ids=sub.get("position_ids"), mlm_positions=mlm_positions(sub))
-                terms[name], hits = _masked_lm_term(out.mlm_logits, sub, model.training)
-                if hits is not None:
-                    acc[name] = hits
+                terms[name], hits = _masked_lm_term(out.mlm_logits, sub, model)
+            if hits is not None:
+                acc[name] = hits
             weighted[f"{sub.get('stream')}/{term}" if sub.get("stream") else term] = terms[name]
             if self.discriminator is not None and term in ("mlm", "clm") and self.training:
                 pooled = mean_pool(out.hidden, sub["attention_mask"])  # (B, C)

@@ -13,7 +13,6 @@ from lit_tf.models.layers import (
     KERNELS,
     dropout,
     keep_mask,
-    linear_argmax_hits,
     linear_cross_entropy,
     math_attention,
     select_positions,
@@ -112,7 +111,7 @@ def test_linear_cross_entropy_matches_logits_then_loss(with_bias):
     b = (torch.randn(V) * 0.1).requires_grad_() if with_bias else None
     t = torch.randint(0, V, (1000,))
     t[::7] = IGNORE_INDEX
-    loss, n = linear_cross_entropy(h, w, t, bias=b)
+    (loss, n), hits = linear_cross_entropy(h, w, t, bias=b, count_hits=True)
     (loss * 0.5).backward()  # a non-unit upstream gradient
     grads = [x.grad.clone() for x in (h, w, b) if x is not None]
     for x in (h, w, b):
@@ -124,7 +123,7 @@ def test_linear_cross_entropy_matches_logits_then_loss(with_bias):
     assert torch.allclose(loss, ref, rtol=1e-5)
     for g, x in zip(grads, [x for x in (h, w, b) if x is not None]):
         assert torch.allclose(g, x.grad, atol=1e-6, rtol=1e-4)
-    hits, m = linear_argmax_hits(h, w, t, bias=b)
+    hits, m = hits
     logits = F.linear(h, w, b)
     assert int(hits) == int(((logits.argmax(-1) == t) & (t != IGNORE_INDEX)).sum()) and int(m) == int(n)
 
