@@ -94,7 +94,8 @@ def build_objective(
     n_langs: int = 2, fused_lm_loss: bool = True,
 ):
     """The objective callable for `objective_cfg`; `streams` maps XLM validation streams to their term;
-    `fused_lm_loss`: a causal LM scores its targets with the head fused into the loss (`speed.fused_lm_loss`)."""
+    `fused_lm_loss`: language-model heads (causal LM, MLM/TLM) score their targets fused into the loss
+    (`speed.fused_lm_loss`)."""
     name = objective_cfg.get("name")
     if name not in OBJECTIVES:
         raise ValueError(f"objective.name={name!r} is not one of {list(OBJECTIVES)}")
@@ -115,10 +116,11 @@ def build_objective(
         weights = dict(objective_cfg.get("weights") or {})
         if not adv.get("enabled"):
             weights.pop("adv", None)
-        return CrossLingualObjective(weights, dict(streams or {}), discriminator=disc, adv_lambda=float(adv.get("lambda", 1.0)))
+        return CrossLingualObjective(weights, dict(streams or {}), discriminator=disc, adv_lambda=float(adv.get("lambda", 1.0)),
+                                     fused_loss=fused_lm_loss)
     nsp = bool(objective_cfg.get("nsp", False))
     weights = dict(objective_cfg.get("weights") or {"mlm": 1.0, **({"nsp": 1.0} if nsp else {})})
-    return MaskedLMObjective(nsp=nsp, weights=weights)
+    return MaskedLMObjective(nsp=nsp, weights=weights, fused_loss=fused_lm_loss)
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

@@ -19,6 +19,7 @@ from lit_tf.models.layers import (
     FeedForward,
     MultiHeadAttention,
     count_parameters,
+    linear_cross_entropy,
     make_activation,
     select_positions,
 )
@@ -159,10 +160,34 @@ class BertMLMHead(nn.Module):
         self.decoder.weight = word_embeddings.weight  # tied: same Parameter, (V, C)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
+    def transform(self, hidden: Tensor) -> Tensor:
+        """dense -> activation -> LayerNorm: (..., C) -> (..., C), what the decoder projects."""
+        return self.norm(self.act(self.dense(hidden)))
+
     def forward(self, hidden: Tensor) -> Tensor:
         """hidden (..., C), e.g. (N, C) or (B, T, C) -> logits (..., V)."""
-        h = self.norm(self.act(self.dense(hidden)))  # (..., C)
-        return self.decoder(h) + self.bias  # (..., V)
+        return self.decoder(self.transform(hidden)) + self.bias  # (..., V)
+
+    def score(self, hidden: Tensor, targets: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
+        """hidden (N, C), targets (N,) -> (nll, hits) with the decoder fused into the cross-entropy
+        (`linear_cross_entropy`): no (N, V) logits; hits (arg-max accuracy counts) in eval mode."""
+        return linear_cross_entropy(self.transform(hidden), self.decoder.weight, targets, bias=self.bias,
+                                    count_hits=not self.training)
+
+
+def pretraining_output(hidden: Tensor, head: BertMLMHead, mlm_positions: Tensor | None, mlm_targets: Tensor | None,
+                       nsp_logits: Tensor | None = None) -> PreTrainingOutput:
+    """The MLM head's part of a pre-training forward (BERT's and XLM's): logits at every position, at
+    `mlm_positions` only, or, with `mlm_targets` (one per selected position), the fused loss."""
+    if mlm_positions is None:
+        if mlm_targets is not None:
+            raise ValueError("mlm_targets needs mlm_positions (the positions they belong to)")
+        return PreTrainingOutput(hidden=hidden, mlm_logits=head(hidden), nsp_logits=nsp_logits)  # (B, T, V)
+    selected = select_positions(hidden, mlm_positions)  # (N, C)
+    if mlm_targets is None:
+        return PreTrainingOutput(hidden=hidden, mlm_logits=head(selected), nsp_logits=nsp_logits)  # (N, V)
+    nll, hits = head.score(selected, mlm_targets)
+    return PreTrainingOutput(hidden=hidden, mlm_logits=None, nsp_logits=nsp_logits, mlm_nll=nll, mlm_hits=hits)
 
 
 class BertPooler(nn.Module):
@@ -208,22 +233,19 @@ class BertForPreTraining(nn.Module):
         attention_mask: Tensor | None = None,
         mlm_positions: Tensor | None = None,
         position_ids: Tensor | None = None,
+        mlm_targets: Tensor | None = None,
     ) -> PreTrainingOutput:
         """mlm_positions: optional (B, T) bool, True where an MLM prediction is needed, or the flat
         indices of its True entries (`select_positions`). When given,
         only those rows are projected to the vocabulary and mlm_logits is (N, V), rows in
-        row-major order (torch boolean indexing); otherwise mlm_logits is (B, T, V)."""
+        row-major order (torch boolean indexing); otherwise mlm_logits is (B, T, V).
+        mlm_targets: optional (N,) token ids for those rows: then the head is fused into the loss and
+        the output carries mlm_nll (and, in eval mode, mlm_hits) instead of logits."""
         hidden = self.bert(
             input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask, position_ids=position_ids
         ).hidden  # (B, T, C)
-
-        if mlm_positions is None:
-            mlm_logits = self.mlm_head(hidden)  # (B, T, V)
-        else:
-            mlm_logits = self.mlm_head(select_positions(hidden, mlm_positions))  # (N, C) -> (N, V)
-
         nsp_logits = self.nsp_head(hidden) if self.nsp_head is not None else None  # (B, 2)
-        return PreTrainingOutput(hidden=hidden, mlm_logits=mlm_logits, nsp_logits=nsp_logits)
+        return pretraining_output(hidden, self.mlm_head, mlm_positions, mlm_targets, nsp_logits)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         return count_parameters(self, exclude_embeddings=exclude_embeddings)

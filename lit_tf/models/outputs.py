@@ -1,8 +1,9 @@
 """Plain dataclasses returned by the models. Models return logits; losses live in objectives.
 
-The one exception is a speed path: a causal LM given `targets` scores them with its head fused
-into the cross-entropy (`lit_tf.models.layers.linear_cross_entropy`), so the (B, T, V) logits never
-exist; the objective still decides the targets (the causal shift) and the weighting."""
+The one exception is a speed path: a language model given targets (a causal LM's `targets`, an
+MLM head's `mlm_targets`) scores them with its head fused into the cross-entropy
+(`lit_tf.models.layers.linear_cross_entropy`), so the (tokens x V) logits never exist whole; the
+objective still decides the targets (the causal shift, the masked positions) and the weighting."""
 
 from __future__ import annotations
 
@@ -24,9 +25,13 @@ class PreTrainingOutput:
 
     hidden: Tensor  # (B, T, C) final-layer hidden states
     # (N, V) logits at the N selected positions when mlm_positions was given
-    # (rows in row-major order of the True entries), otherwise (B, T, V)
-    mlm_logits: Tensor
+    # (rows in row-major order of the True entries), otherwise (B, T, V); None with mlm_targets
+    mlm_logits: Tensor | None
     nsp_logits: Tensor | None = None  # (B, 2) next-sentence logits; None when the model has no NSP head
+    # with mlm_targets: (sum of -log p(target), number of scored positions), fp32 / int64 scalars
+    mlm_nll: tuple[Tensor, Tensor] | None = None
+    # with mlm_targets, in eval mode: (positions whose arg-max is the target, scored positions)
+    mlm_hits: tuple[Tensor, Tensor] | None = None
 
 
 @dataclass

@@ -30,8 +30,9 @@ from lit_tf.models.bert import (
     BertPooler,
     _init_bert_weights,
     classifier_dropout_p,
+    pretraining_output,
 )
-from lit_tf.models.layers import ConfigMixin, Dropout, count_parameters, select_positions
+from lit_tf.models.layers import ConfigMixin, Dropout, count_parameters
 from lit_tf.models.outputs import ClassifierOutput, EncoderOutput, PreTrainingOutput
 
 
@@ -183,21 +184,19 @@ class XLMForPreTraining(nn.Module):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         mlm_positions: Tensor | None = None,
+        mlm_targets: Tensor | None = None,
     ) -> PreTrainingOutput:
         """mlm_positions: optional (B, T) bool, True where a prediction is needed (MLM/TLM), or the flat
         indices of its True entries (`select_positions`). When
         given, only those rows are projected and mlm_logits is (N, V), rows in row-major order;
         otherwise mlm_logits is the full (B, T, V) (CLM, where every position predicts the next
-        token; the shift happens in the loss). nsp_logits is always None."""
+        token; the shift happens in the loss). nsp_logits is always None. mlm_targets: optional (N,)
+        ids for the selected rows: the head is then fused into the loss (mlm_nll, mlm_hits, no logits)."""
         hidden = self.xlm(
             input_ids, lang_ids=lang_ids, attention_mask=attention_mask, position_ids=position_ids
         ).hidden  # (B, T, C)
 
-        if mlm_positions is None:
-            mlm_logits = self.lm_head(hidden)  # (B, T, V)
-        else:
-            mlm_logits = self.lm_head(select_positions(hidden, mlm_positions))  # (N, C) -> (N, V)
-        return PreTrainingOutput(hidden=hidden, mlm_logits=mlm_logits, nsp_logits=None)
+        return pretraining_output(hidden, self.lm_head, mlm_positions, mlm_targets)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         return count_parameters(self, exclude_embeddings=exclude_embeddings)

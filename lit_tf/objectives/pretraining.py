@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -84,15 +85,26 @@ def _accuracy(model: nn.Module, logits: Tensor, targets: Tensor) -> Count | None
     return None if model.training else masked_accuracy(logits.detach(), targets)
 
 
-def _masked_lm_term(out_logits: Tensor, batch: Mapping[str, Tensor], model: nn.Module) -> tuple[Count, Count | None]:
-    """(loss, accuracy counts) of MLM logits at `mlm_positions`; no accuracy in training (an arg-max
-    over N x V that no training metric uses)."""
+def mlm_targets(batch: Mapping[str, Tensor]) -> Tensor:
+    """The (N,) MLM targets in the row-major order of `mlm_positions`: the collator's, else gathered."""
     if "mlm_targets" in batch:
-        targets = batch["mlm_targets"]
-    else:
-        labels = batch["mlm_labels"]
-        targets = labels[labels != IGNORE_INDEX]  # (N,) same row-major order as the gathered logits
-    return mlm_loss(out_logits, targets), _accuracy(model, out_logits, targets)
+        return batch["mlm_targets"]
+    labels = batch["mlm_labels"]
+    return labels[labels != IGNORE_INDEX]
+
+
+def masked_lm_forward(model: nn.Module, batch: Mapping[str, Tensor], fused: bool, **inputs) -> tuple[Any, Count, Count | None]:
+    """The model's forward on an MLM (or TLM) batch and that term's (loss, accuracy counts).
+
+    fused: the head scores the targets fused into the cross-entropy (`mlm_targets=`), no (N, V)
+    logits; else logits, then the loss. No accuracy in training (an arg-max over N x V that no
+    training metric uses)."""
+    targets = mlm_targets(batch)
+    if fused:
+        out = model(batch["input_ids"], mlm_positions=mlm_positions(batch), mlm_targets=targets, **inputs)
+        return out, out.mlm_nll, out.mlm_hits
+    out = model(batch["input_ids"], mlm_positions=mlm_positions(batch), **inputs)
+    return out, mlm_loss(out.mlm_logits, targets), _accuracy(model, out.mlm_logits, targets)
 
 
 @dataclass
@@ -106,6 +118,7 @@ class MaskedLMObjective:
 
     nsp: bool = True
     weights: Mapping[str, float] = field(default_factory=lambda: {"mlm": 1.0, "nsp": 1.0})
+    fused_loss: bool = True  # the MLM decoder fused into the cross-entropy (`BertForPreTraining(mlm_targets=)`)
 
     def __post_init__(self) -> None:
         expected = {"mlm", "nsp"} if self.nsp else {"mlm"}
@@ -119,13 +132,8 @@ class MaskedLMObjective:
     val_terms = terms
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], step: int = 0) -> ObjectiveOutput:
-        out = model(
-            batch["input_ids"],
-            token_type_ids=batch.get("token_type_ids"),
-            attention_mask=attention_mask(batch),
-            mlm_positions=mlm_positions(batch),
-        )
-        loss_c, acc_c = _masked_lm_term(out.mlm_logits, batch, model)
+        out, loss_c, acc_c = masked_lm_forward(model, batch, self.fused_loss, token_type_ids=batch.get("token_type_ids"),
+                                               attention_mask=attention_mask(batch))
         terms, acc = {"mlm": loss_c}, {} if acc_c is None else {"mlm": acc_c}
         if self.nsp:
             if out.nsp_logits is None or "nsp_labels" not in batch:
@@ -187,15 +195,17 @@ class CrossLingualObjective(nn.Module):
         discriminator: optional `LanguageDiscriminator`; with `weights["adv"]` it adds a
             language-adversarial term on mean-pooled monolingual states (gradient reversal).
         adv_lambda: gradient-reversal scale.
+        fused_loss: MLM/TLM heads fused into the cross-entropy (`mlm_targets=`), as `MaskedLMObjective`.
     """
 
     TERMS = ("mlm", "tlm", "clm", "adv")
 
     def __init__(
         self, weights: Mapping[str, float | str], stream_terms: Mapping[str, str],
-        discriminator: nn.Module | None = None, adv_lambda: float = 1.0,
+        discriminator: nn.Module | None = None, adv_lambda: float = 1.0, fused_loss: bool = True,
     ) -> None:
         super().__init__()
+        self.fused_loss = bool(fused_loss)
         _check_weights({k.split("/")[0]: v for k, v in weights.items()}, set(self.TERMS))
         self.schedules = {k: PiecewiseLinear.parse(v) for k, v in weights.items()}
         if discriminator is None and "adv" in self.schedules:
@@ -231,9 +241,9 @@ class CrossLingualObjective(nn.Module):
                 terms[name] = clm_loss(out.mlm_logits, sub["labels"])
                 hits = _accuracy(model, *next_token_targets(out.mlm_logits, sub["labels"]))
             else:
-                out = model(sub["input_ids"], lang_ids=sub.get("lang_ids"), attention_mask=attention_mask(sub),
-                            position_ids=sub.get("position_ids"), mlm_positions=mlm_positions(sub))
-                terms[name], hits = _masked_lm_term(out.mlm_logits, sub, model)
+                out, terms[name], hits = masked_lm_forward(model, sub, self.fused_loss, lang_ids=sub.get("lang_ids"),
+                                                           attention_mask=attention_mask(sub),
+                                                           position_ids=sub.get("position_ids"))
             if hits is not None:
                 acc[name] = hits
             weighted[f"{sub.get('stream')}/{term}" if sub.get("stream") else term] = terms[name]

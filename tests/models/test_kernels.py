@@ -1,5 +1,6 @@
 """The speed paths compute what the plain paths compute: fast CPU dropout, spelled-out attention,
-the fused LM-head cross-entropy, index-based position selection and mask-free packed batches."""
+the fused LM-head and MLM-head cross-entropy, index-based position selection and mask-free packed
+batches."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from lit_tf.models.layers import (
     select_positions,
     set_kernels,
 )
+from lit_tf.models.xlm import XLMConfig, XLMForPreTraining
 from lit_tf.objectives.losses import IGNORE_INDEX, clm_loss, shifted_targets
-from lit_tf.objectives.pretraining import CausalLMObjective
+from lit_tf.objectives.pretraining import CausalLMObjective, CrossLingualObjective, MaskedLMObjective
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +107,7 @@ def _ce_reference(h, w, b, t):
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_linear_cross_entropy_matches_logits_then_loss(with_bias):
     torch.manual_seed(0)
-    V = 40_000  # 419 rows per chunk: 1000 rows span three chunks, the last one partial
+    V = 40_000  # 256 rows per chunk: 1000 rows span four chunks, the last one partial
     h = torch.randn(1000, 16, requires_grad=True)
     w = (torch.randn(V, 16) * 0.1).requires_grad_()
     b = (torch.randn(V) * 0.1).requires_grad_() if with_bias else None
@@ -152,6 +154,58 @@ def test_gpt_fused_loss_equals_the_logits_path():
     s, n = clm_loss(logits, batch["labels"])
     assert torch.allclose(fused.nll[0], s, rtol=1e-5) and int(fused.nll[1]) == int(n)
     assert fused.lm_logits is None and fused.hits is not None
+
+
+def _mlm_case(family: str):
+    """A small BERT (MLM + NSP) or XLM (MLM) model, a batch with padding and 1-in-5 targets, and the
+    objective for a given fused_loss."""
+    torch.manual_seed(0)
+    V, B, T = 97, 3, 20
+    ids = torch.randint(5, V, (B, T))
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[2, 13:] = False
+    labels = torch.full((B, T), IGNORE_INDEX)
+    labels[:, 1::5] = ids[:, 1::5]
+    labels[~mask] = IGNORE_INDEX
+    index = (labels.view(-1) != IGNORE_INDEX).nonzero().squeeze(1)
+    batch = {"input_ids": ids, "attention_mask": mask, "mlm_labels": labels, "mlm_index": index,
+             "mlm_targets": labels.view(-1)[index]}
+    if family == "bert":
+        model = BertForPreTraining(BertConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=T,
+                                              dropout=0.0, attn_dropout=0.0))
+        batch |= {"token_type_ids": (torch.arange(T) >= 10).long().expand(B, T), "nsp_labels": torch.tensor([0, 1, 1])}
+        return model, batch, lambda fused: MaskedLMObjective(nsp=True, fused_loss=fused)
+    model = XLMForPreTraining(XLMConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=T,
+                                        dropout=0.0, attn_dropout=0.0))
+    sub = batch | {"term": "mlm", "lang_ids": torch.ones(B, T, dtype=torch.long)}
+    return model, {"mlm": sub}, lambda fused: CrossLingualObjective({"mlm": 1.0}, {}, fused_loss=fused)
+
+
+@pytest.mark.parametrize("family", ["bert", "xlm"])
+def test_mlm_fused_loss_equals_the_logits_path(family):
+    model, batch, objective = _mlm_case(family)
+    losses, grads = [], []
+    for fused in (True, False):
+        model.zero_grad()
+        out = objective(fused)(model, batch)
+        out.loss.backward()
+        losses.append(out.loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(losses[0], losses[1], rtol=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+    model.eval()  # evaluation: accuracy counts from the fused chunks equal the logits' arg-max
+    with torch.no_grad():
+        fused, plain = (objective(f)(model, batch) for f in (True, False))
+    assert fused.accuracy.keys() == plain.accuracy.keys() and fused.accuracy
+    for k in plain.accuracy:
+        assert [int(x) for x in fused.accuracy[k]] == [int(x) for x in plain.accuracy[k]]
+    assert torch.allclose(fused.loss, plain.loss, rtol=1e-6)
+
+
+def test_mlm_targets_need_positions():
+    model, batch, _ = _mlm_case("bert")
+    with pytest.raises(ValueError, match="mlm_targets needs mlm_positions"):
+        model(batch["input_ids"], mlm_targets=batch["mlm_targets"])
 
 
 def test_select_positions_by_index_equals_bool_mask():
