@@ -268,9 +268,14 @@ def main() -> None:
         if not (SHARED / f).is_file():
             raise SystemExit(f"missing shared data file {SHARED / f} (set LIT_TF_SHARED_DATA)")
 
+    from lit_tf import allocator
+
     tmp = Path(tempfile.mkdtemp(prefix="lit_tf_data_prep_"))
     env = dict(os.environ, HF_HOME=str(tmp / "hf_home"), HF_DATASETS_CACHE=str(tmp / "hf_home" / "datasets"),
                LIT_TF_CACHE=str(tmp / "lit_tf_cache"), PYTHONUNBUFFERED="1")
+    env.pop("LD_PRELOAD", None)
+    # lit_tf's side runs with the malloc train.py would pick (tcmalloc when installed), HF's with the system's
+    envs = {"ours": allocator.preload_env(allocator.wanted(), env) or env, "hf": env}
     try:
         from lit_tf.data import text
         from lit_tf.data.tokenizer import TokenizerSpec, get_or_train_tokenizer
@@ -302,7 +307,7 @@ def main() -> None:
                 out = tmp / f"{side}_out"
                 shutil.rmtree(out, ignore_errors=True)
                 a = {"corpus": str(corpus), "tokenizer": str(tok.path), "cache": str(out), "workers": args.workers}
-                res = run_child(side, a, env)
+                res = run_child(side, a, envs[side])
                 res["round"] = r + 1
                 runs[side].append(res)
                 last[side] = res
@@ -344,8 +349,8 @@ def main() -> None:
                     f"paths.root_dir={ROOT}", f"paths.cache_dir={tmp / 'train_cache'}",
                     f"paths.log_dir={tmp / 'train_logs' / name}", f"paths.mlruns_dir={tmp / 'mlruns'}",
                 ]
-                run_child("train", {"overrides": [*common, "trainer.max_steps=1"]}, env)  # builds the shards
-                res = run_child("train", {"overrides": [*common, f"trainer.max_steps={args.steps}"]}, env)
+                run_child("train", {"overrides": [*common, "trainer.max_steps=1"]}, envs["ours"])  # builds the shards
+                res = run_child("train", {"overrides": [*common, f"trainer.max_steps={args.steps}"]}, envs["ours"])
                 rss[name] = res["maxrss_self_mb"]
                 mem_rows.append([name, f"{path.stat().st_size / 1e6:.1f}", f"{res['seconds']:.1f}",
                                  f"{res['val_mlm_loss']:.3f}", f"{res['maxrss_self_mb']:.0f}",

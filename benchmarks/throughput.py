@@ -1,6 +1,6 @@
 """Training throughput of lit_tf side by side with a reference, in one invocation.
 
-    python benchmarks/throughput.py --family bert|gpt|xlm --vs hf|loop|nolog|levers [--steps N] [--rounds R]
+    python benchmarks/throughput.py --family bert|gpt|xlm --vs hf|loop|nolog|levers|malloc [--steps N] [--rounds R]
                                     [--warmup W] [key=value ...]
 
 Both sides train the same model shape on the same data with the same batch size, sequence length,
@@ -9,6 +9,10 @@ default here (CPU). Sides alternate (ours, reference, ours, reference, ...) for 
 each run's figure is real (non-padding) tokens per second from the end of step `--warmup` to the
 end of the last step, so set-up (data, model, compilation) and warm-up are left out. The median of
 the rounds is reported; the last lines read `RATIO <name> <ours / reference>` (higher is better for us).
+Every run is a fresh process (spawned), as a user's run is: no side inherits the other's allocator
+state, threads or caches. lit_tf's runs (and the bare loop) get the malloc `python train.py` picks
+(`lit_tf/allocator.py`: tcmalloc when installed; `LIT_TF_ALLOCATOR=system` turns it off), HF's side
+the system's, as `python run_mlm.py` would; `--vs levers` measures the allocator as one lever.
 
 References (`--vs`):
   hf      HF `transformers` Trainer with the HF model of the same shape (BertForMaskedLM,
@@ -18,8 +22,11 @@ References (`--vs`):
   loop    a bare PyTorch loop over the same lit_tf model, objective, batches, optimizer, LR schedule
           and clipping: what Lightning and lit_tf's callbacks cost (ratio 0.97 = 3% overhead).
   nolog   lit_tf with `logger=none`: what MLflow logging at the default interval costs.
-  levers  lit_tf with each speed switch turned off in turn (`speed.*`, `optim.optimizer.fused`),
-          `speed.compile=true` turned on: what each one buys.
+  levers  lit_tf with each speed switch turned off in turn (`speed.*`, `optim.optimizer.fused`,
+          the allocator), `speed.compile=true` turned on: what each one buys.
+  malloc  lit_tf once with each installed allocator and the system's: tokens/s and resident memory
+          over the run (`--steps 400` shows whether memory stays flat); `RSS_GROWTH` lines give the
+          last step's RSS over the first timed step's.
 
 Workloads (the issue's): BERT-mini MLM (4x256, 4 heads, d_ff 1024, seq 128, batch 32, packed
 blocks), GPT (4x256, 4 heads, d_ff 1024, seq 256, batch 16, byte-level BPE), XLM MLM+TLM (4x256,
@@ -29,7 +36,9 @@ seq 128, batch 32 per stream); 16k vocabularies; English = WikiText-2 valid + Ti
 from __future__ import annotations
 
 import argparse
-import gc
+import concurrent.futures
+import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -42,6 +51,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lit_tf import allocator
 from lit_tf.cli.train import _build_pretraining, compose_config, train
 
 WORKLOADS = {
@@ -58,6 +68,7 @@ LEVERS = {
     "cpu_attention": "speed.attention=sdpa",
     "fused_lm_loss": "speed.fused_lm_loss=false",
     "fused_adamw": "optim.optimizer.fused=false",
+    "allocator": f"{allocator.ENV}=system",  # an environment variable, not an override (see `isolated`)
     "compile": "speed.compile=true",
 }
 
@@ -77,21 +88,26 @@ def _rate(times: list[float], tokens: list[float], warmup: int) -> float:
 
 # ----------------------------------------------------------------------------- lit_tf
 class StepClock:
-    """End time and real tokens of every training step (tokens summed once, at the end)."""
+    """End time, real tokens (summed once, at the end) and, with `rss`, the process's resident
+    memory (MB) of every training step."""
 
-    def __init__(self) -> None:
+    def __init__(self, rss: bool = False) -> None:
         import lightning as L
+        import psutil
 
-        clock = self
+        clock, proc = self, psutil.Process()
 
         class _CB(L.Callback):
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
                 clock.times.append(time.perf_counter())
                 clock._tokens.append(_tokens(batch))
+                if rss:
+                    clock.rss_mb.append(proc.memory_info().rss / 2**20)
 
         self.callback = _CB()
         self.times: list[float] = []
         self._tokens: list[torch.Tensor] = []
+        self.rss_mb: list[float] = []
 
     @property
     def tokens(self) -> list[float]:
@@ -107,10 +123,12 @@ def config(family: str, root: Path, steps: int, extra: list[str]):
     ])
 
 
-def run_ours(family: str, root: Path, steps: int, warmup: int, extra: list[str]) -> tuple[float, dict]:
-    clock = StepClock()
-    metrics = train(config(family, root, steps, extra), callbacks=[clock.callback])
-    return _rate(clock.times, clock.tokens, warmup), metrics
+def run_ours(family: str, root: Path, steps: int, warmup: int, extra: list[str], rss: bool = False):
+    """tokens/s of a lit_tf run; with `rss`, (tokens/s, RSS in MB after every step)."""
+    clock = StepClock(rss)
+    train(config(family, root, steps, extra), callbacks=[clock.callback])
+    rate = _rate(clock.times, clock.tokens, warmup)
+    return (rate, clock.rss_mb) if rss else rate
 
 
 # ----------------------------------------------------------------------------- bare loop
@@ -232,17 +250,51 @@ def warmup_steps(cfg, steps: int) -> int:
 
 
 # ----------------------------------------------------------------------------- driver
-def _fresh() -> None:
-    gc.collect()
+def isolated(fn: Callable[..., float], *args, malloc: str = "auto") -> float:
+    """fn(*args) in a fresh spawned process (a module-level function, so it pickles by name), with
+    the allocator `malloc` preloaded as train.py would ("system": none, as for HF's side)."""
+    saved = dict(os.environ)
+    env = allocator.preload_env(malloc, {k: v for k, v in saved.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")})
+    try:
+        os.environ.clear()
+        os.environ.update(env if env is not None else {k: v for k, v in saved.items() if k != "LD_PRELOAD"})
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(fn, *args).result()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def ours(family: str, root: Path, steps: int, warmup: int, extra: list[str]) -> float:
+    """lit_tf as `python train.py` runs it: its allocator choice (`LIT_TF_ALLOCATOR`) applies."""
+    env_flags = dict(x.split("=", 1) for x in extra if x.startswith(allocator.ENV + "="))
+    overrides = [x for x in extra if not x.startswith(allocator.ENV + "=")]
+    return isolated(run_ours, family, root, steps, warmup, overrides, malloc=env_flags.get(allocator.ENV, allocator.wanted()))
+
+
+def malloc_table(family: str, root: Path, steps: int, warmup: int, extra: list[str]) -> list[tuple[str, float]]:
+    """--vs malloc: one lit_tf run per installed allocator (and the system's); tokens/s and RSS over
+    the steps. Returns the RATIO lines (each allocator's tokens/s over the system's)."""
+    kinds = ["system", *(k for k in ("tcmalloc", "jemalloc") if allocator.find(k))]
+    marks = sorted({warmup, steps // 4, steps // 2, steps - 1})
+    results = {k: isolated(run_ours, family, root, steps, warmup, extra, True, malloc=k) for k in kinds}
+    head = "".join(f" {'RSS MB @' + str(m + 1):>13}" for m in marks)
+    print(f"\n{'malloc':<10} {'tokens/s':>10}{head} {'growth':>7}")
+    out = []
+    for k, (rate, rss) in results.items():
+        growth = rss[-1] / rss[warmup]
+        print(f"{k:<10} {rate:>10,.0f}" + "".join(f" {rss[m]:>13,.0f}" for m in marks) + f" {growth:>6.2f}x")
+        out.append((f"RSS_GROWTH {family}_{k}", growth))
+        if k != "system":
+            out.append((f"RATIO {family}_malloc_{k}_vs_system", rate / results["system"][0]))
+    return out
 
 
 def paired(name: str, ours: Callable[[], float], ref: Callable[[], float], rounds: int) -> tuple[float, float]:
     """Alternate ours and the reference for `rounds` rounds; (median ours, median reference)."""
     a, b = [], []
     for r in range(rounds):
-        _fresh()
         a.append(ours())
-        _fresh()
         b.append(ref())
         print(f"  round {r + 1}: {name}: ours {a[-1]:,.0f} tokens/s, reference {b[-1]:,.0f} tokens/s", flush=True)
     return statistics.median(a), statistics.median(b)
@@ -266,7 +318,7 @@ def mfu_of(family: str, root: Path, steps: int, tokens_per_s: float, extra: list
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", choices=sorted(WORKLOADS), required=True)
-    ap.add_argument("--vs", choices=("hf", "loop", "nolog", "levers"), default="hf")
+    ap.add_argument("--vs", choices=("hf", "loop", "nolog", "levers", "malloc"), default="hf")
     ap.add_argument("--steps", type=int, default=40, help="timed steps per run (after --warmup)")
     ap.add_argument("--warmup", type=int, default=10, help="steps left out at the start of every run")
     ap.add_argument("--rounds", type=int, default=2)
@@ -285,18 +337,20 @@ def main() -> None:
         print(f"  data prepared in {time.perf_counter() - t:.0f}s", flush=True)
         ratios: list[tuple[str, float]] = []
         rows: list[tuple[str, float, float]] = []
-        ours_fn = lambda x=(): run_ours(fam, root, steps, warm, extra + list(x))[0]  # noqa: E731
+        ours_fn = lambda x=(): ours(fam, root, steps, warm, extra + list(x))  # noqa: E731
+        if args.vs == "malloc":
+            for name, value in malloc_table(fam, root, steps, warm, extra):
+                print(f"{name} {value:.3f}")
+            return
         if args.vs == "levers":
             for lever in [x for x in args.levers.split(",") if x]:
-                if lever == "fused_lm_loss" and fam != "gpt":
-                    continue
                 flip = LEVERS[lever]
                 on, off = paired(lever, ours_fn, lambda f=flip: ours_fn([f]), args.rounds)
                 rows.append((f"{lever} ({flip})", on, off))
                 ratios.append((f"{fam}_lever_{lever}", on / off))
         else:
-            ref = {"hf": lambda: run_hf(fam, root, steps, warm, extra),
-                   "loop": lambda: run_loop(fam, root, steps, warm, extra),
+            ref = {"hf": lambda: isolated(run_hf, fam, root, steps, warm, extra, malloc="system"),
+                   "loop": lambda: isolated(run_loop, fam, root, steps, warm, extra, malloc=allocator.wanted()),
                    "nolog": lambda: ours_fn(["logger=none"])}[args.vs]
             mine = (lambda: ours_fn(["logger=mlflow"])) if args.vs == "nolog" else ours_fn
             on, off = paired(args.vs, mine, ref, args.rounds)

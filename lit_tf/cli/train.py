@@ -18,6 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from lit_tf import allocator
 from lit_tf.cli.config_check import check_overrides
 from lit_tf.errors import CheckpointError, traceback_requested, user_errors
 
@@ -475,10 +476,12 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     last = getattr(ckpt_cb, "last_model_path", "") or ""
     metrics = _final_metrics(trainer)
     perf = throughput.summary(module.device)
-    metrics.update(perf)
-    if logger is not None and throughput.peak:  # what MFU was computed from (tags: a resumed run may differ)
-        tracking.set_tag(logger, "lit_tf.mfu_basis", f"{throughput.flops_per_token or 0:.4g} FLOPs/token; peak "
-                         f"{throughput.peak:.4g} FLOP/s per device ({throughput.peak_source})")
+    metrics.update(perf, allocator=allocator.in_use())
+    if logger is not None:  # what speed figures depend on (tags: a resumed run may differ)
+        tracking.set_tag(logger, "lit_tf.allocator", metrics["allocator"])
+        if throughput.peak:
+            tracking.set_tag(logger, "lit_tf.mfu_basis", f"{throughput.flops_per_token or 0:.4g} FLOPs/token; peak "
+                             f"{throughput.peak:.4g} FLOP/s per device ({throughput.peak_source})")
     pruned_step = pruning.pruned_step if pruning is not None else None
     if pruned_step is not None:
         metrics["pruned_step"] = pruned_step
@@ -514,6 +517,8 @@ def speed_lines(m: dict) -> list[str]:
     parts.append(f"peak mem {m['perf/peak_mem_mb']:,.0f} MB")
     if "perf/first_step_s" in m:
         parts.append(f"first step after {m['perf/first_step_s']:.1f}s")
+    if m.get("allocator"):
+        parts.append(f"malloc: {m['allocator']}")
     return ["  speed:      " + ", ".join(parts)]
 
 

@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, SHARED
 from failure_helpers import CrashAt
 
+from lit_tf import allocator
 from lit_tf.cli.train import train
 
 SMOKE = ["debug=smoke"]
@@ -60,6 +61,9 @@ def test_quickstart_cli_smoke_logs_everything(tmp_path, cache_dir):
     assert len(client.get_metric_history(run_id, "perf/tokens_per_s")) >= 3  # one per logging window
     assert "FLOPs/token" in run.data.tags["lit_tf.mfu_basis"]
     assert "tokens/s, MFU" in proc.stdout
+    # train.py chose its malloc before starting (tcmalloc, else jemalloc, when installed)
+    fast = next((k for k in ("tcmalloc", "jemalloc") if allocator.find(k)), "system")
+    assert run.data.tags["lit_tf.allocator"] == fast and f"malloc: {fast}" in proc.stdout
     arts = _artifacts(client, run_id)
     assert "config/config.yaml" in arts and "tokenizer/tokenizer.json" in arts
     assert any(a.startswith("checkpoints/") and a.endswith(".ckpt") for a in arts)
