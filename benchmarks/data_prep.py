@@ -273,9 +273,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lit_tf_data_prep_"))
     env = dict(os.environ, HF_HOME=str(tmp / "hf_home"), HF_DATASETS_CACHE=str(tmp / "hf_home" / "datasets"),
                LIT_TF_CACHE=str(tmp / "lit_tf_cache"), PYTHONUNBUFFERED="1")
-    env.pop("LD_PRELOAD", None)
     # lit_tf's side runs with the malloc train.py would pick (tcmalloc when installed), HF's with the system's
-    envs = {"ours": allocator.preload_env(allocator.wanted(), env) or env, "hf": env}
+    envs = {"ours": allocator.child_env(allocator.wanted(), env), "hf": allocator.child_env("system", env)}
     try:
         from lit_tf.data import text
         from lit_tf.data.tokenizer import TokenizerSpec, get_or_train_tokenizer

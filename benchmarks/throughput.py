@@ -254,10 +254,9 @@ def isolated(fn: Callable[..., float], *args, malloc: str = "auto") -> float:
     """fn(*args) in a fresh spawned process (a module-level function, so it pickles by name), with
     the allocator `malloc` preloaded as train.py would ("system": none, as for HF's side)."""
     saved = dict(os.environ)
-    env = allocator.preload_env(malloc, {k: v for k, v in saved.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")})
     try:
         os.environ.clear()
-        os.environ.update(env if env is not None else {k: v for k, v in saved.items() if k != "LD_PRELOAD"})
+        os.environ.update(allocator.child_env(malloc, saved))
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             return pool.submit(fn, *args).result()
     finally:

@@ -2,9 +2,10 @@
 
 PyTorch on CPU allocates and frees the same large tensors every step. glibc's malloc serves them
 in one of two ways, both bad for training: above its mmap threshold as fresh mappings, so every
-step faults its pages back in and the kernel zeroes them (BERT-mini on the 2-core VM: 50,000
-faults and ~35% of the step), or, once its dynamic threshold has risen, from a heap that
-fragments (the same run's RSS grew from 1.0 to 3.0 GB over 400 steps and kept growing).
+step faults its pages back in and the kernel zeroes them (BERT-mini on the 2-core VM: ~50,000
+faults a step), or, once its dynamic threshold has risen, from a heap that fragments (the same
+run's RSS grew from 1.4 to 2.6 GB over 400 steps and kept growing; tcmalloc: flat, and 1.11x the
+tokens/s).
 tcmalloc (or jemalloc told to keep its freed pages) reuses freed blocks: almost no page faults in
 the steady state and a flat RSS. See benchmarks/RESULTS.md ("Memory allocator") for the figures.
 
@@ -29,8 +30,12 @@ from pathlib import Path
 ENV = "LIT_TF_ALLOCATOR"
 CHOICES = ("auto", "tcmalloc", "jemalloc", "system")
 _LIBRARIES = {"tcmalloc": ("tcmalloc_minimal", "tcmalloc"), "jemalloc": ("jemalloc",)}
-_MARKER = "_LIT_TF_ALLOCATOR_EXEC"
-JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"  # keep freed pages for reuse (unless MALLOC_CONF is set)  # set in the re-executed process: never re-execute twice
+_MARKER = "_LIT_TF_ALLOCATOR_EXEC"  # set in the re-executed process: never re-execute twice
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"  # keep freed pages for reuse (unless MALLOC_CONF is set)
+
+
+def _candidates(choice: str) -> tuple[str, ...]:
+    return ("tcmalloc", "jemalloc") if choice == "auto" else (choice,)
 
 
 def wanted() -> str:
@@ -68,7 +73,7 @@ def preload_env(choice: str = "auto", base: dict[str, str] | None = None) -> dic
     base = dict(os.environ if base is None else base)
     if choice == "system" or not sys.platform.startswith("linux"):
         return None
-    for kind in ("tcmalloc", "jemalloc") if choice == "auto" else (choice,):
+    for kind in _candidates(choice):
         library = find(kind)
         if library:
             break
@@ -84,13 +89,20 @@ def preload_env(choice: str = "auto", base: dict[str, str] | None = None) -> dic
     return base
 
 
+def child_env(choice: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (default os.environ) for a child process that runs with `choice`'s malloc and no
+    inherited preload ("system": glibc's): how benchmarks give each side its own allocator."""
+    base = {k: v for k, v in (os.environ if base is None else base).items() if k != "LD_PRELOAD"}
+    return preload_env(choice, base) or base
+
+
 def use_fast_allocator() -> None:
     """Re-execute this process with tcmalloc/jemalloc preloaded when `LIT_TF_ALLOCATOR` asks for
     one that is installed and not loaded yet; otherwise return and run as is."""
     choice = wanted()
     if os.environ.pop(_MARKER, None):  # this is the re-executed process; its children may choose anew
         return
-    if in_use() in (("tcmalloc", "jemalloc") if choice == "auto" else (choice,)):
+    if in_use() in _candidates(choice):
         return
     env = preload_env(choice)
     if env is None:
