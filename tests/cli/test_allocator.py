@@ -60,8 +60,9 @@ def _result(choice: str | None) -> dict:
 def test_the_fast_allocator_takes_no_page_faults_and_keeps_rss_flat():
     fast = _result(None)
     assert fast["malloc"] == FAST
-    # a step touches ~95,000 pages: tcmalloc faults back in ~400 of them (what it returned to the OS)
-    assert fast["faults_per_step"] < 2_000 and abs(fast["rss_growth_mb"]) < 20
+    # a step touches ~95,000 pages; glibc faults ~69,000 of them back in every step, tcmalloc ~400
+    # alone and up to ~2,200 with another process busy on the cores (what it returned to the OS)
+    assert fast["faults_per_step"] < 10_000 and abs(fast["rss_growth_mb"]) < 20
     system = _result("system")
     assert system["malloc"] == "system"
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
