@@ -9,6 +9,9 @@ default here (CPU). Sides alternate (ours, reference, ours, reference, ...) for 
 each run's figure is real (non-padding) tokens per second from the end of step `--warmup` to the
 end of the last step, so set-up (data, model, compilation) and warm-up are left out. The median of
 the rounds is reported; the last lines read `RATIO <name> <ours / reference>` (higher is better for us).
+MFU (`--vs hf|loop|nolog`, CPU) is lit_tf's median tokens/s times the model's FLOPs per token over
+the median fp32 matmul peak that each timed lit_tf process measured right after its steps (the
+probe of `lit_tf.lit.perf`), so both figures come from the same machine state.
 Every run is a fresh process (spawned), as a user's run is: no side inherits the other's allocator
 state, threads or caches. lit_tf's runs (and the bare loop) get the malloc `python train.py` picks
 (`lit_tf/allocator.py`: tcmalloc when installed; `LIT_TF_ALLOCATOR=system` turns it off), HF's side
@@ -45,6 +48,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -123,12 +127,16 @@ def config(family: str, root: Path, steps: int, extra: list[str]):
     ])
 
 
-def run_ours(family: str, root: Path, steps: int, warmup: int, extra: list[str], rss: bool = False):
-    """tokens/s of a lit_tf run; with `rss`, (tokens/s, RSS in MB after every step)."""
+def run_ours(family: str, root: Path, steps: int, warmup: int, extra: list[str], rss: bool = False
+             ) -> tuple[float, float | None, list[float]]:
+    """(tokens/s, the CPU's matmul peak measured in this process right after the timed steps (None
+    on GPU), RSS in MB after every step (with `rss`, else empty)) of one lit_tf run."""
+    from lit_tf.lit.perf import probe_cpu_peak_flops
+
     clock = StepClock(rss)
     train(config(family, root, steps, extra), callbacks=[clock.callback])
     rate = _rate(clock.times, clock.tokens, warmup)
-    return (rate, clock.rss_mb) if rss else rate
+    return rate, (None if torch.cuda.is_available() else probe_cpu_peak_flops()), clock.rss_mb
 
 
 # ----------------------------------------------------------------------------- bare loop
@@ -250,7 +258,7 @@ def warmup_steps(cfg, steps: int) -> int:
 
 
 # ----------------------------------------------------------------------------- driver
-def isolated(fn: Callable[..., float], *args, malloc: str = "auto") -> float:
+def isolated(fn: Callable[..., Any], *args, malloc: str = "auto") -> Any:
     """fn(*args) in a fresh spawned process (a module-level function, so it pickles by name), with
     the allocator `malloc` preloaded as train.py would ("system": none, as for HF's side)."""
     saved = dict(os.environ)
@@ -264,11 +272,21 @@ def isolated(fn: Callable[..., float], *args, malloc: str = "auto") -> float:
         os.environ.update(saved)
 
 
+# the matmul peak each timed lit_tf process measured right after its steps: MFU is taken against
+# the machine's state during the runs (on the 2-core VM the probe moved between 322 and 441
+# GFLOP/s over a day, and a peak cached at data-preparation time could be from another state)
+PEAKS: list[float] = []
+
+
 def ours(family: str, root: Path, steps: int, warmup: int, extra: list[str]) -> float:
     """lit_tf as `python train.py` runs it: its allocator choice (`LIT_TF_ALLOCATOR`) applies."""
     env_flags = dict(x.split("=", 1) for x in extra if x.startswith(allocator.ENV + "="))
     overrides = [x for x in extra if not x.startswith(allocator.ENV + "=")]
-    return isolated(run_ours, family, root, steps, warmup, overrides, malloc=env_flags.get(allocator.ENV, allocator.wanted()))
+    rate, peak, _ = isolated(run_ours, family, root, steps, warmup, overrides,
+                             malloc=env_flags.get(allocator.ENV, allocator.wanted()))
+    if peak is not None:
+        PEAKS.append(peak)
+    return rate
 
 
 def malloc_table(family: str, root: Path, steps: int, warmup: int, extra: list[str]) -> list[tuple[str, float]]:
@@ -276,7 +294,7 @@ def malloc_table(family: str, root: Path, steps: int, warmup: int, extra: list[s
     the steps. Returns the RATIO lines (each allocator's tokens/s over the system's)."""
     kinds = ["system", *(k for k in ("tcmalloc", "jemalloc") if allocator.find(k))]
     marks = sorted({warmup, steps // 4, steps // 2, steps - 1})
-    results = {k: isolated(run_ours, family, root, steps, warmup, extra, True, malloc=k) for k in kinds}
+    results = {k: isolated(run_ours, family, root, steps, warmup, extra, True, malloc=k)[::2] for k in kinds}
     head = "".join(f" {'RSS MB @' + str(m + 1):>13}" for m in marks)
     print(f"\n{'malloc':<10} {'tokens/s':>10}{head} {'growth':>7}")
     out = []
@@ -300,18 +318,21 @@ def paired(name: str, ours: Callable[[], float], ref: Callable[[], float], round
 
 
 def mfu_of(family: str, root: Path, steps: int, tokens_per_s: float, extra: list[str]) -> tuple[float | None, str]:
+    """MFU of `tokens_per_s` against the median matmul peak the timed lit_tf processes measured."""
     from lit_tf.lit.build import model_config
-    from lit_tf.lit.perf import cpu_peak_flops, flops_per_token
+    from lit_tf.lit.perf import flops_per_token
 
     cfg = config(family, root, steps, extra)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     vocab = int(cfg.data.tokenizer.vocab_size)
     fam, mcfg = model_config(model_cfg, vocab)
     fpt = flops_per_token(fam, mcfg, OmegaConf.to_container(cfg.objective, resolve=True), int(cfg.data.max_seq_len))
-    if torch.cuda.is_available():
+    if not PEAKS:
         return None, "GPU: see the run's perf/mfu"
-    peak, source = cpu_peak_flops(root / "cache")
-    return tokens_per_s * fpt / peak, f"{fpt / 1e6:.1f} MFLOP/token, peak {peak / 1e9:.0f} GFLOP/s ({source})"
+    peak = statistics.median(PEAKS)
+    seen = ", ".join(f"{p / 1e9:.0f}" for p in PEAKS)
+    return tokens_per_s * fpt / peak, (f"{fpt / 1e6:.1f} MFLOP/token, peak {peak / 1e9:.0f} GFLOP/s: the median of the "
+                                       f"matmul probes run in the timed lit_tf processes after their steps ({seen})")
 
 
 def main() -> None:
