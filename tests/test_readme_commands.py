@@ -351,6 +351,8 @@ def check_sweep(w: Workspace, study: str, n_trials: int, stdout: str) -> None:
     assert len(children) == n_trials, [r.info.run_name for r in children]
     assert all(r.info.status == "FINISHED" for r in children)
     assert any(k.startswith("best") for k in parents[0].data.metrics), parents[0].data.metrics
+    exp = client.get_experiment(parents[0].info.experiment_id)  # the UI opens the sweep's experiment on its runs
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development", exp.tags
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=[c[:80] for c in COMMANDS])

@@ -434,6 +434,7 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
             # random names repeat here because seed_everything seeds the generator they come from
             cfg.get("run_name") or mcfg.get("run_name") or f"{cfg.name}-{out_dir.name}", tags,
             run_id=prev_run.get("mlflow_run_id"), unsent_file=out_dir / tracking.UNSENT_FILE,
+            description=tracking.experiment_description(CONFIG_DIR, str(cfg.name)),
         )
         if run_end is not None:
             run_end.logger = logger

@@ -396,9 +396,12 @@ class LitTfOptunaSweeper(Sweeper):
     def _open_mlflow(self, study, spec, store):
         if store is None:
             return None
+        from lit_tf.cli.train import CONFIG_DIR
+        from lit_tf.tracking.mlflow import experiment_description
         from lit_tf.tracking.study_runs import StudyRuns
 
-        runs = StudyRuns(store, str(self.config.logger.mlflow.experiment_name))
+        runs = StudyRuns(store, str(self.config.logger.mlflow.experiment_name),
+                         experiment_description(CONFIG_DIR, str(self.config.get("name") or "")))
         parent = runs.open_parent(study.user_attrs.get(st.STUDY_ATTR_PARENT_RUN), self.study_name,
                                   {"optuna.storage": spec if not st.is_rdb_url(spec) else "rdb",
                                    "optuna.sweep_dir": str(self.sweep_dir),

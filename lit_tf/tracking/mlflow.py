@@ -44,6 +44,12 @@ log = logging.getLogger(__name__)
 
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch call
+# MLflow 3's UI opens an experiment on the page its `mlflow.experimentKind` tag names; without it
+# the UI guesses, and an experiment with no traces opened on the GenAI traces dashboard
+# ("Traces 0") instead of its runs. lit_tf's experiments are model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the description the UI shows on an experiment's (or run's) page
 
 
 T = TypeVar("T")
@@ -320,12 +326,41 @@ class LitTfMLflowLogger(MLFlowLogger):
         self._logged_until = {k: max(m.step for m in client.get_metric_history(self.run_id, k)) for k in keys}
 
 
+def experiment_description(config_dir: str | os.PathLike, name: str) -> str | None:
+    """The header comment of `<config_dir>/experiment/<name>.yaml` (its leading `#` lines, without
+    Hydra's `# @package` directive) as one paragraph, or None when there is no such file or comment."""
+    path = Path(config_dir) / "experiment" / f"{name}.yaml"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    words = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        text = line.lstrip("#").strip()
+        if not text.startswith("@package"):
+            words.append(text)
+    return " ".join(w for w in words if w) or None
+
+
+def mark_experiment(store: Store, client: Any, experiment_id: str, description: str | None = None) -> None:
+    """Tag an experiment lit_tf creates or reuses as model training (so the UI opens on its runs)
+    and give it `description` when it has none. Tags a user has set are kept."""
+    tags = store.call(client.get_experiment, experiment_id).tags
+    if EXPERIMENT_KIND_TAG not in tags:
+        store.call(client.set_experiment_tag, experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    if description and not tags.get(NOTE_TAG):
+        store.call(client.set_experiment_tag, experiment_id, NOTE_TAG, description)
+
+
 def make_logger(
     store: Store, experiment_name: str, run_name: str | None, tags: Mapping[str, str], run_id: str | None = None,
-    unsent_file: str | os.PathLike | None = None,
+    unsent_file: str | os.PathLike | None = None, description: str | None = None,
 ) -> LitTfMLflowLogger:
     """The run's logger on `store` (see open_store): a new run, or `run_id` reopened. Metric points the
-    store never takes are saved to `unsent_file` (JSON lines) and reported."""
+    store never takes are saved to `unsent_file` (JSON lines) and reported. The experiment is marked
+    as model training, with `description` if it has none (`mark_experiment`)."""
     # The first process to open a fresh local store creates its tables (MlflowClient does, in the
     # logger's constructor), then the experiment: concurrent processes doing either at once fail
     # ("duplicate column", "UNIQUE constraint failed"), so they take turns (store.creating()).
@@ -336,6 +371,7 @@ def make_logger(
         )
         try:
             store.call(lambda: logger.experiment)  # gets/creates the experiment, creates (or finds) the run
+            _mark_logger_experiment(logger, store, description)
         except Exception as e:
             if run_id is None or getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
                 raise
@@ -351,6 +387,11 @@ def make_logger(
         for k, v in tags.items():
             store.call(logger.experiment.set_tag, run_id, k, v)
     return logger
+
+
+@rank_zero_only
+def _mark_logger_experiment(logger: LitTfMLflowLogger, store: Store, description: str | None) -> None:
+    mark_experiment(store, logger.experiment, logger.experiment_id, description)
 
 
 @rank_zero_only

@@ -18,13 +18,13 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from lit_tf.tracking.mlflow import MAX_PARAM_LEN, Store
+from lit_tf.tracking.mlflow import MAX_PARAM_LEN, Store, mark_experiment
 
 log = logging.getLogger(__name__)
 
 
 class StudyRuns:
-    def __init__(self, store: Store, experiment_name: str):
+    def __init__(self, store: Store, experiment_name: str, description: str | None = None):
         self.store = store
         self.client = MlflowClient(store.tracking_uri)
         with store.creating():
@@ -32,6 +32,7 @@ class StudyRuns:
             self.experiment_id = exp.experiment_id if exp else store.call(
                 self.client.create_experiment, experiment_name,
                 artifact_location=store.artifact_location(experiment_name))
+            mark_experiment(store, self.client, self.experiment_id, description)
         self.parent_id: str | None = None
 
     # ----------------------------------------------------------------------------- parent

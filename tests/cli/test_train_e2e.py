@@ -50,6 +50,11 @@ def test_quickstart_cli_smoke_logs_everything(tmp_path, cache_dir):
     assert p["model.d_model"] == "32" and p["objective.name"] == "mlm_nsp" and int(p["model_stats.n_params"]) > 0
     assert run.data.tags["experiment"] == "quickstart" and run.data.tags["lit_tf_version"]
     assert run.data.tags["git_commit"]
+    # the experiment opens on its runs in MLflow 3's UI (not the GenAI traces page), described by
+    # the header comment of its experiment YAML
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert exp.tags["mlflow.note.content"].startswith("Tiny BERT, MLM + NSP, on English prose")
     for m in ("val/mlm_loss", "val/mlm_acc", "val/nsp_acc", "val/mlm_ppl", "train/loss", "train/lr", "train/tokens"):
         assert m in run.data.metrics, m
     steps = [h.step for h in client.get_metric_history(run_id, "train/loss")]
