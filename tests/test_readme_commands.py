@@ -350,6 +350,9 @@ def check_sweep(w: Workspace, study: str, n_trials: int, stdout: str) -> None:
     children = client.search_runs(exps, f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert len(children) == n_trials, [r.info.run_name for r in children]
     assert all(r.info.status == "FINISHED" for r in children)
+    # trials are tagged (filterable) and named by family, objective and trial number
+    assert all(r.data.tags.get("lit_tf.trial") == "true" for r in children)
+    assert sorted(r.info.run_name.rsplit("-", 1)[1] for r in children) == [f"t{i}" for i in range(n_trials)]
     assert any(k.startswith("best") for k in parents[0].data.metrics), parents[0].data.metrics
     exp = client.get_experiment(parents[0].info.experiment_id)  # the UI opens the sweep's experiment on its runs
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development", exp.tags

@@ -428,11 +428,19 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
             tags["resumed_from"] = str(ckpt_file)
         if trial is not None:
             tags.update(trial.tags())
+        from lit_tf.tracking import labels as labels_mod
+        from lit_tf.tracking.labels import run_labels
+
+        # never MLflow's own random names: they repeat here, as seed_everything seeds their generator
+        labels = run_labels(cfg.get("run_name") or mcfg.get("run_name"), family=b.family,
+                            objective=str(objective_cfg.get("name")), experiment=str(cfg.name), out_dir=out_dir,
+                            trial_number=trial.number if trial is not None else None)
+        tags.update(labels.tags)
+        if prev_run.get("mlflow_run_id"):  # a resumed run keeps the description and overrides it started with
+            for k in (labels_mod.OVERRIDES_TAG, labels_mod.NOTE_TAG):
+                tags.pop(k, None)
         logger = tracking.make_logger(
-            _tracking_store(cfg), str(mcfg.experiment_name),
-            # default name: experiment + output folder (time stamp, or trial_<n> in a sweep); MLflow's own
-            # random names repeat here because seed_everything seeds the generator they come from
-            cfg.get("run_name") or mcfg.get("run_name") or f"{cfg.name}-{out_dir.name}", tags,
+            _tracking_store(cfg), str(mcfg.experiment_name), labels.name, tags,
             run_id=prev_run.get("mlflow_run_id"), unsent_file=out_dir / tracking.UNSENT_FILE,
             description=tracking.experiment_description(CONFIG_DIR, str(cfg.name)),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,12 @@ def test_quickstart_cli_smoke_logs_everything(tmp_path, cache_dir):
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert exp.tags["mlflow.note.content"].startswith("Tiny BERT, MLM + NSP, on English prose")
+    # a name a person can scan (no time stamp), the overrides it was started with, filterable debug tag
+    assert re.fullmatch(r"bert-mlm_nsp-[0-9a-f]{6}", run.info.run_name), run.info.run_name
+    assert run.data.tags["lit_tf.overrides"].startswith("debug=smoke trainer.max_steps=8")
+    assert run.data.tags["lit_tf.debug"] == "true" and run.data.tags["lit_tf.trial"] == "false"
+    assert "python train.py debug=smoke" in run.data.tags["mlflow.note.content"]
+    assert [r.info.run_id for r in client.search_runs([exp.experiment_id], "tags.`lit_tf.debug` != 'true'")] == []
     for m in ("val/mlm_loss", "val/mlm_acc", "val/nsp_acc", "val/mlm_ppl", "train/loss", "train/lr", "train/tokens"):
         assert m in run.data.metrics, m
     steps = [h.step for h in client.get_metric_history(run_id, "train/loss")]
