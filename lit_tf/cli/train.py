@@ -311,6 +311,11 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> dict[str, Any]:
     if nonfinite not in NONFINITE_MODES:
         raise RunConfigError(f"trainer.nonfinite={nonfinite!r}: expected one of {', '.join(NONFINITE_MODES)}")
     check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
+    mcfg = cfg.logger.get("mlflow") if cfg.get("logger") else None
+    interval = mcfg.get("system_metrics_interval", 10) if mcfg else 10
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+        raise RunConfigError(f"logger.mlflow.system_metrics_interval={interval!r}: expected seconds > 0 "
+                             "(logger.mlflow.system_metrics=false turns the sampler off)")
     # a requeued SLURM job continues from its own earlier attempt's checkpoint, whatever ckpt_path says
     requeued = requeued_checkpoint(Path(cfg.paths.output_dir))
     if requeued is not None:
@@ -446,6 +451,9 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
         )
         if run_end is not None:
             run_end.logger = logger
+        if mcfg.get("system_metrics", True):  # the interval was checked in train()
+            tracking.start_system_metrics(logger, float(mcfg.get("system_metrics_interval") or 10),
+                                          resumed=bool(prev_run.get("mlflow_run_id")))
         resolved = OmegaConf.to_container(_job_config(cfg), resolve=True)
         tracking.log_text(logger, OmegaConf.to_yaml(resolved), "config/config.yaml")
         tracking.log_params_now(logger, {**resolved, "model_stats": parameter_counts(model),

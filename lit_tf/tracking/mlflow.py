@@ -246,6 +246,7 @@ class LitTfMLflowLogger(MLFlowLogger):
     store: Store | None = None  # set by make_logger
     unsent_file: Path | None = None  # where points the store never took are saved (set by make_logger)
     unsent: int = 0  # how many were saved there
+    system_metrics = None  # MLflow's SystemMetricsMonitor while it samples (start_system_metrics)
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:  # type: ignore[override]
@@ -304,8 +305,24 @@ class LitTfMLflowLogger(MLFlowLogger):
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
+        self.stop_system_metrics()
         self.flush_metrics()  # every point in the store (or saved) before the run is marked ended
         super().finalize(status)
+
+    def stop_system_metrics(self) -> None:
+        """Stop MLflow's system-metrics sampler. A run shorter than one sampling interval still
+        gets the sample taken at its start (the sampler itself publishes only full intervals)."""
+        monitor, self.system_metrics = self.system_metrics, None
+        if monitor is None:
+            return
+        first_step = getattr(monitor, "_logging_step", None)  # MLflow keeps no public count
+        monitor.finish()
+        try:
+            if first_step is not None and monitor._logging_step == first_step and monitor.aggregate_metrics():
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
+        except Exception as e:  # system metrics are a courtesy: never fail a run over them
+            log.warning("could not log the last system metrics of MLflow run %s: %s", self.run_id, e)
 
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:  # type: ignore[override]
@@ -407,11 +424,26 @@ def _warn_local_artifacts(logger: LitTfMLflowLogger) -> None:
 
 
 @rank_zero_only
+@rank_zero_only
+def start_system_metrics(logger: LitTfMLflowLogger, interval_s: float, resumed: bool) -> None:
+    """Sample CPU, memory, disk, network and (with nvidia-ml-py and an NVIDIA GPU) GPU utilisation
+    and memory every `interval_s` seconds into the run's `system/*` metrics, with MLflow's own
+    sampler in a background thread, until the run ends. A resumed run continues its step count."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop chatter
+    monitor = SystemMetricsMonitor(logger.run_id, sampling_interval=interval_s, resume_logging=resumed,
+                                   tracking_uri=logger.store.tracking_uri)
+    monitor.start()
+    logger.system_metrics = monitor
+
+
 def end_run(logger: LitTfMLflowLogger, exc: BaseException, status: str) -> None:
     """Record how a run ended on an exception: status FAILED or KILLED, the message as the tag
     `lit_tf.error` (FAILED) or `lit_tf.stopped` (KILLED: Ctrl-C, preemption), and for FAILED the
     traceback as the artifact `error/traceback.txt`. Never raises (the original error matters more)."""
     try:
+        logger.stop_system_metrics()
         client, run_id = logger.experiment, logger.run_id
         message = f"{type(exc).__name__}: {exc}"[:5000]
         logger.store.call(client.set_tag, run_id, "lit_tf.error" if status == "FAILED" else "lit_tf.stopped", message)

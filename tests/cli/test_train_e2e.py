@@ -62,6 +62,8 @@ def test_quickstart_cli_smoke_logs_everything(tmp_path, cache_dir):
     assert run.data.tags["lit_tf.debug"] == "true" and run.data.tags["lit_tf.trial"] == "false"
     assert "python train.py debug=smoke" in run.data.tags["mlflow.note.content"]
     assert [r.info.run_id for r in client.search_runs([exp.experiment_id], "tags.`lit_tf.debug` != 'true'")] == []
+    # MLflow's system metrics, on by default (a run shorter than one interval keeps its first sample)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
     for m in ("val/mlm_loss", "val/mlm_acc", "val/nsp_acc", "val/mlm_ppl", "train/loss", "train/lr", "train/tokens"):
         assert m in run.data.metrics, m
     steps = [h.step for h in client.get_metric_history(run_id, "train/loss")]
@@ -92,6 +94,17 @@ def test_cli_typo_fails_before_work_with_suggestion(tmp_path):
     assert "data.bach_size" in proc.stderr and "did you mean 'data.batch_size'" in proc.stderr
     assert "trainer.max_steps" in proc.stderr and "expects an integer" in proc.stderr
     assert not (tmp_path / "outputs").exists()  # nothing was started
+
+
+def test_system_metrics_switch_off_and_a_bad_interval_is_refused_before_work(compose, tmp_path):
+    out = train(compose([*SMOKE, "trainer.max_steps=2", "logger.mlflow.system_metrics=false"]))
+    client, run = _mlflow_run(tmp_path / "mlruns", out["run_id"])
+    assert "train/loss" in run.data.metrics and not any(k.startswith("system/") for k in run.data.metrics)
+    from lit_tf.errors import LitTfError
+
+    with pytest.raises(LitTfError, match=r"logger\.mlflow\.system_metrics_interval=0"):
+        train(compose([*SMOKE, "logger.mlflow.system_metrics_interval=0", "paths.output_dir=${paths.runs_root}/bad"]))
+    assert not (tmp_path / "outputs" / "quickstart" / "runs" / "bad").exists()
 
 
 def test_resume_continues_same_run_with_identical_results(compose, tmp_path):
