@@ -35,11 +35,15 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadfile -m "" $(ARGS)
 
-# --artifacts-destination: the artifacts of runs logged through `make mlflow-server` live there too
+# --artifacts-destination: the artifacts of runs logged through `make mlflow-server` live there too.
+# One worker and no job runner (MLflow's GenAI jobs; UI_JOBS=true starts it): MLflow's defaults
+# (4 workers + the huey runner) held 15 processes and ~3 GB (benchmarks/ui_startup.py).
+UI_WORKERS ?= 1
+UI_JOBS ?= false
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLRUNS)/mlflow.db \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$(UI_JOBS) $(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLRUNS)/mlflow.db \
 		--default-artifact-root file://$(MLRUNS)/artifacts --artifacts-destination file://$(MLRUNS)/artifacts \
-		--host 127.0.0.1 --port $(PORT)
+		--host 127.0.0.1 --port $(PORT) --workers $(UI_WORKERS)
 
 # A tracking server on the store `make ui` serves, for runs on other processes or machines
 # (logger.mlflow.tracking_uri=...). Artifacts are proxied: clients upload them through the server into
