@@ -474,6 +474,10 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
 
     replicas, throughput = ReplicaCheck(), Throughput(cache_dir=str(cfg.paths.cache_dir))
     guards = [NonFiniteGuard(nonfinite), Preemption(), replicas, throughput]
+    if logger is not None:
+        from lit_tf.tracking.callbacks import DatasetInputs
+
+        guards.append(DatasetInputs())
     if run_end is not None:
         run_end.preemption = guards[1]
     trainer = L.Trainer(**trainer_cfg, logger=logger if logger else False, plugins=[AtomicCheckpointIO()],

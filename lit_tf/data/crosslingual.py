@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from lit_tf.data import text
 from lit_tf.data.atomic import build_once
 from lit_tf.data.pretraining import CLMCollator, MLMCollator, PackedBlockDataset, _split_key
+from lit_tf.data.records import DatasetRecord, combined_digest, shard_record
 from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler, StreamDataModule
 from lit_tf.data.shards import (
     SHARD_VERSION,
@@ -405,6 +406,23 @@ class CrossLingualDataModule(StreamDataModule):
 
     def prepare_data(self) -> None:
         self.prepare()
+
+    def dataset_records(self) -> list[DatasetRecord]:
+        """Each language's text and each parallel pair, train and held-out validation parts."""
+        name = str(self.cfg.get("name", "xlm"))
+        out = []
+        for lang, root in self.mono_dirs.items():
+            src = self._mono_source(lang)
+            out += [shard_record(f"{name}-{lang}", root / "train", "train", src),
+                    shard_record(f"{name}-{lang}-heldout", root / "val", "validation", src)]
+        for pair, root in self.para_dirs.items():
+            files = self.parallel_files[pair]
+            digest = combined_digest([text.fingerprint({"files": list(files["src"])}),
+                                      text.fingerprint({"files": list(files["tgt"])})])
+            src = {"files": [*files["src"], *files["tgt"]]}
+            out += [shard_record(f"{name}-{pair}", root / "train", "train", src, digest),
+                    shard_record(f"{name}-{pair}-heldout", root / "val", "validation", src, digest)]
+        return out
 
     # ------------------------------------------------------------------ datasets and loaders
     def _sets(self, split: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import lightning as L
 
 from lit_tf.data import text
 from lit_tf.data.pretraining import CLMCollator, MLMCollator, PackedBlockDataset, SentencePairDataset
+from lit_tf.data.records import DatasetRecord, shard_record
 from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler, StreamDataModule
 from lit_tf.data.shards import TokenShard, build_or_load_shards
 from lit_tf.data.tokenizer import (
@@ -142,6 +143,18 @@ class PretrainDataModule(StreamDataModule):
 
     def prepare_data(self) -> None:
         self.prepare()
+
+    def dataset_records(self) -> list[DatasetRecord]:
+        """The training and validation text, as built (see lit_tf.data.records)."""
+        if not self.shard_dirs:
+            return []
+        name = str(self.cfg.get("name", "corpus"))
+        train = shard_record(name, self.shard_dirs["train"], "train", self.sources.train)
+        if self.sources.val is None:  # held out from the same text: same digest, its own name and counts
+            val = shard_record(f"{name}-heldout", self.shard_dirs["val"], "validation", self.sources.train)
+        else:
+            val = shard_record(f"{name}-val", self.shard_dirs["val"], "validation", self.sources.val)
+        return [train, val]
 
     # ------------------------------------------------------------------ datasets and loaders
     @property

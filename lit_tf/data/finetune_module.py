@@ -16,6 +16,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
+from lit_tf.data import text
 from lit_tf.data.finetune import (
     LabelSet,
     collate_classification,
@@ -27,6 +28,7 @@ from lit_tf.data.finetune import (
     read_labeled_table,
 )
 from lit_tf.data.pretraining import _split_key
+from lit_tf.data.records import DatasetRecord, describe_source
 from lit_tf.data.sampling import StreamBatchSampler, StreamDataModule
 
 TASKS = ("seq_cls", "token_cls")
@@ -111,6 +113,28 @@ class FineTuneDataModule(StreamDataModule):
             }
         if not self.sets["val"]:
             raise ValueError("data.val: give a validation file (or {language: file})")
+
+    def _source(self, source: Any) -> dict:
+        c = self.cfg
+        if self.task != "token_cls" and c.get("hf_name"):
+            return {"hf": c["hf_name"], "hf_config": c.get("hf_config"), "split": str(source)}
+        return {"files": [str(source)]}
+
+    def dataset_records(self) -> list[DatasetRecord]:
+        """Every split (and language) as read: examples and their tokens after truncation."""
+        name = str(self.cfg.get("name", "data"))
+        contexts = {"train": "train", "val": "validation", "test": "test"}
+        out = []
+        for split, streams in self.sets.items():
+            specs = {self.train_lang: self.cfg.get("train")} if split == "train" else _streams(self.cfg.get(split), "")
+            for lang, examples in streams.items():
+                src = self._source(specs[lang])
+                source_type, where = describe_source(src)
+                out.append(DatasetRecord(
+                    name=f"{name}-{split}" + (f"-{lang}" if lang and split != "train" else ""),
+                    digest=text.fingerprint(src), source_type=source_type, source=where, context=contexts[split],
+                    rows=len(examples), tokens=sum(len(e["input_ids"]) for e in examples.examples)))
+        return out
 
     @property
     def val_streams(self) -> tuple[str, ...]:

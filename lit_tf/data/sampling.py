@@ -183,6 +183,11 @@ class StreamDataModule(L.LightningDataModule):
     accumulate: int = 1
     max_steps: int = -1
 
+    def dataset_records(self) -> list:
+        """The data this module trains and evaluates on (`lit_tf.data.records.DatasetRecord`s),
+        once set up; the tracker logs them as the run's dataset inputs."""
+        return []
+
     def rank_world(self) -> tuple[int, int]:
         t = self.trainer
         return (t.global_rank, t.world_size) if t is not None else (0, 1)

@@ -51,3 +51,23 @@ class SampleGenerator(L.Callback):
         (folder / name).write_text(body)
         if isinstance(trainer.logger, tracking.MLFlowLogger):
             tracking.log_text(trainer.logger, body, f"samples/{name}")
+
+
+class DatasetInputs(L.Callback):
+    """Log the DataModule's `dataset_records()` as the MLflow run's dataset inputs: training and
+    validation data when fitting starts (after set-up, so counts are known), test data when
+    testing starts."""
+
+    def _log(self, trainer: L.Trainer, contexts: tuple[str, ...]) -> None:
+        logger, dm = trainer.logger, trainer.datamodule
+        if not isinstance(logger, tracking.LitTfMLflowLogger) or dm is None or not hasattr(dm, "dataset_records"):
+            return
+        records = [r for r in dm.dataset_records() if r.context in contexts]
+        if records:
+            tracking.log_datasets(logger, records)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, ("train", "validation"))
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, ("test",))

@@ -457,6 +457,32 @@ def end_run(logger: LitTfMLflowLogger, exc: BaseException, status: str) -> None:
 
 
 @rank_zero_only
+def log_datasets(logger: LitTfMLflowLogger, records: list) -> None:
+    """Log `lit_tf.data.records.DatasetRecord`s as the run's MLflow dataset inputs: name, the
+    cache's content digest, source, the split as `mlflow.data.context`, rows and tokens as profile.
+    The run page's Datasets box lists them; an input the run already has is not added again."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    client, run_id = logger.experiment, logger.run_id
+    have = {(d.dataset.name, d.dataset.digest, next((t.value for t in d.tags if t.key == "mlflow.data.context"), None))
+            for d in (store_call(logger, client.get_run, run_id).inputs.dataset_inputs or [])}
+    inputs = [
+        DatasetInput(Dataset(name=r.name, digest=r.digest, source_type=r.source_type, source=json.dumps(r.source),
+                             profile=json.dumps({"num_rows": r.rows, "num_tokens": r.tokens})),
+                     tags=[InputTag("mlflow.data.context", r.context)])
+        for r in records if (r.name, r.digest, r.context) not in have
+    ]
+    if inputs:
+        store_call(logger, client.log_inputs, run_id, datasets=inputs)
+
+
+def store_call(logger: LitTfMLflowLogger, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return logger.store.call(fn, *args, **kwargs) if logger.store is not None else fn(*args, **kwargs)
+
+
+@rank_zero_only
 def set_tag(logger: LitTfMLflowLogger, key: str, value: str) -> None:
     logger.store.call(logger.experiment.set_tag, logger.run_id, key, value)
 

@@ -50,6 +50,17 @@ def test_finetune_from_mlflow_run_keeps_lineage_and_reports(compose, pretrained,
     client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
     run = client.get_run(m["run_id"])
     assert run.data.tags["lit_tf.parent_run_id"] == pre["run_id"] and run.data.tags["init_kind"] == "mlflow_run"
+    # the data it trained and was evaluated on: dataset inputs with the file's digest, split and counts
+    inputs = {(d.dataset.name, next(t.value for t in d.tags if t.key == "mlflow.data.context")): d.dataset
+              for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {("sst2-train", "train"), ("sst2-val", "validation"), ("sst2-test", "test")}
+    profile = json.loads(inputs[("sst2-test", "test")].profile)
+    assert profile["num_rows"] == 100 and profile["num_tokens"] > 100  # smoke: 100 test examples
+    assert json.loads(inputs[("sst2-train", "train")].source)["uri"].endswith("sst2/train.tsv")
+    from lit_tf.data import text
+
+    assert inputs[("sst2-train", "train")].digest == text.fingerprint(
+        {"files": [json.loads(inputs[("sst2-train", "train")].source)["files"][0]]})
     arts = {a.path for a in client.list_artifacts(m["run_id"], "reports")}
     assert {"reports/test.json", "reports/test_confusion.png"} <= arts
     report = json.loads((Path(m["output_dir"]) / "reports" / "test.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -62,6 +63,16 @@ def test_quickstart_cli_smoke_logs_everything(tmp_path, cache_dir):
     assert run.data.tags["lit_tf.debug"] == "true" and run.data.tags["lit_tf.trial"] == "false"
     assert "python train.py debug=smoke" in run.data.tags["mlflow.note.content"]
     assert [r.info.run_id for r in client.search_runs([exp.experiment_id], "tags.`lit_tf.debug` != 'true'")] == []
+    # the text it trained on, as dataset inputs whose digest is the one the tokenizer and shard caches use
+    inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "validation"} and inputs["train"].name == "pydoc"
+    digest = inputs["train"].digest
+    # (the session's cache may hold other pydoc shards, from other tests' settings)
+    shard_metas = [json.loads(p.read_text()) for p in (cache_dir / "shards").glob("pydoc-*/train/meta.json")]
+    tok_metas = [json.loads(p.read_text()) for p in (cache_dir / "tokenizers").glob("*/meta.json")]
+    assert digest in {m.get("corpus_fingerprint") for m in tok_metas}
+    tokens = json.loads(inputs["train"].profile)["num_tokens"]
+    assert tokens > 0 and (digest, tokens) in {(m["source_fingerprint"], m["n_tokens"]) for m in shard_metas}
     # MLflow's system metrics, on by default (a run shorter than one interval keeps its first sample)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
     for m in ("val/mlm_loss", "val/mlm_acc", "val/nsp_acc", "val/mlm_ppl", "train/loss", "train/lr", "train/tokens"):
