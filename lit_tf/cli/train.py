@@ -254,41 +254,60 @@ def _build_finetuning(
 
 
 def _write_reports(module, out_dir: Path, logger) -> None:
-    """Per-stream test reports (JSON) and, for classification, confusion-matrix plots (PNG)."""
+    """Per-stream test reports (JSON) and, for classification, confusion-matrix plots (PNG) and
+    per-class precision/recall/F1 metrics (`test[/<lang>]/class/<label>/<precision|recall|f1>`)."""
     import json as _json
+    import re as _re
 
     from lit_tf.tracking import mlflow as tracking
 
     folder = out_dir / "reports"
     folder.mkdir(parents=True, exist_ok=True)
+    per_class: dict[str, float] = {}
     for stream, report in module.reports.get("test", {}).items():
         name = stream or "test"
         (folder / f"{name}.json").write_text(_json.dumps(report, indent=2))
         if "confusion" in report:
             _confusion_png(report, folder / f"{name}_confusion.png", title=f"test {stream}".strip())
+        for label, scores in report.get("per_class", {}).items():
+            key = _re.sub(r"[^a-zA-Z0-9_.\- ]+", "_", str(label))  # MLflow's metric-name characters, no nesting
+            for m in ("precision", "recall", "f1"):
+                per_class[f"test/{stream + '/' if stream else ''}class/{key}/{m}"] = float(scores[m])
     if logger is not None:
         tracking.log_artifact(logger, folder, "reports")
+        if per_class:
+            logger.log_metrics(per_class, step=module.global_step)
 
 
 def _confusion_png(report: dict, path: Path, title: str) -> None:
+    """Rows normalised (recall per gold class) as the colour, with the share and the count in each
+    cell, white on dark cells; the figure grows with the number of classes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    cm, labels = report["confusion"], report["labels"]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(labels), 1.0 + 0.6 * len(labels)))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
+    cm, labels = np.asarray(report["confusion"]), [str(x) for x in report["labels"]]
+    k = len(labels)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    side = max(4.0, 1.8 + 0.8 * k)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the gold class")
+    ax.set_xticks(range(k), labels, rotation=45 if max(map(len, labels)) > 4 else 0, ha="right" if k > 1 else "center")
+    ax.set_yticks(range(k), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("gold")
-    ax.set_title(title)
-    for i, row in enumerate(cm):
-        for j, v in enumerate(row):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    acc = np.trace(cm) / max(cm.sum(), 1)
+    ax.set_title(f"{title}: accuracy {acc:.3f} ({int(np.trace(cm)):,} of {int(cm.sum()):,})")
+    size = 11 if k <= 6 else 8 if k <= 12 else 6
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{share[i, j]:.0%}\n{int(cm[i, j]):,}", ha="center", va="center", fontsize=size,
+                    color="white" if share[i, j] > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=150)
     plt.close(fig)
 
 

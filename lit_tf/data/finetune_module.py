@@ -86,7 +86,16 @@ class FineTuneDataModule(StreamDataModule):
         else:
             rows = read_labeled_table(str(source), list(c["text_fields"]), str(c["label_field"]), fmt=c.get("format"),
                                       has_header=c.get("has_header"), column_names=c.get("column_names"))
-        return rows[:limit] if limit else rows
+        rows = rows[:limit] if limit else rows
+        names = c.get("label_names")
+        if names and self.task != "token_cls":
+            names = {str(k): str(v) for k, v in dict(names).items()}
+            first = next((r for r in rows if r["label"] not in names), None)
+            if first is not None:
+                raise ValueError(f"{first.get('where', source)}: label {first['label']!r} has no name in "
+                                 f"data.label_names (it names {sorted(names)}): name every class")
+            rows = [dict(r, label=names[r["label"]]) for r in rows]
+        return rows
 
     def _encode(self, rows: list, source: str) -> list[dict]:
         L_ = int(self.cfg["max_seq_len"])

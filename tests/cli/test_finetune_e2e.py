@@ -65,9 +65,18 @@ def test_finetune_from_mlflow_run_keeps_lineage_and_reports(compose, pretrained,
     assert {"reports/test.json", "reports/test_confusion.png"} <= arts
     report = json.loads((Path(m["output_dir"]) / "reports" / "test.json").read_text())
     assert sum(map(sum, report["confusion"])) == 100  # every test example counted once (smoke: 100)
+    assert report["labels"] == ["negative", "positive"] and set(report["per_class"]) == {"negative", "positive"}
+    logged = client.get_run(m["run_id"]).data.metrics  # per-class scores are metrics too, by label name
+    for label in ("negative", "positive"):
+        for score in ("precision", "recall", "f1"):
+            assert logged[f"test/class/{label}/{score}"] == pytest.approx(report["per_class"][label][score])
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(Path(m["output_dir"]) / "reports" / "test_confusion.png").shape[:2]
+    assert width >= 600 and height >= 500  # readable (it was 240x220)
     # the encoder really came from the pretraining checkpoint
     ft = torch.load(m["last_ckpt"], map_location="cpu", weights_only=True)
-    assert ft["lit_tf"]["model_config"]["d_model"] == 32 and ft["lit_tf"]["labels"] == ["0", "1"]
+    assert ft["lit_tf"]["model_config"]["d_model"] == 32 and ft["lit_tf"]["labels"] == ["negative", "positive"]
 
     # the best model is an MLflow pyfunc model
     import mlflow
@@ -75,17 +84,17 @@ def test_finetune_from_mlflow_run_keeps_lineage_and_reports(compose, pretrained,
 
     mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
     served = mlflow.pyfunc.load_model(m["model_uri"]).predict(pd.DataFrame({"text": ["great fun", "dull and long"]}))
-    assert len(served) == 2 and all(p.split(":")[0] in ("0", "1") for p in served["prediction"])
+    assert len(served) == 2 and all(p.split(":")[0] in ("negative", "positive") for p in served["prediction"])
 
     pred = _cli("lit_tf.cli.predict", f"ckpt={m['best_ckpt']}", "text=a gripping , funny film", "top=2")
     assert pred.returncode == 0, pred.stderr[-2000:]
     labels = [x.split(":")[0] for x in pred.stdout.split("\t")[:2]]
-    assert sorted(labels) == ["0", "1"]
+    assert sorted(labels) == ["negative", "positive"]  # data.label_names of conf/data/sst2.yaml
     out = tmp_path / "hf"
     exp = _cli("lit_tf.cli.export", f"ckpt={m['best_ckpt']}", f"out={out}")
     assert exp.returncode == 0, exp.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())
-    assert config["architectures"] == ["BertForSequenceClassification"] and config["id2label"]["1"] == "1"
+    assert config["architectures"] == ["BertForSequenceClassification"] and config["id2label"]["1"] == "positive"
 
     # ... and that exported HF directory is itself a valid init_from
     again = train(compose(["experiment=finetune_sst2", *SMOKE, f"init_from={out}", "logger=none"], out=tmp_path / "r2"))
@@ -115,6 +124,11 @@ def test_bring_your_own_data_and_unseen_label_error(compose, tmp_path):
     (tmp_path / "bad.jsonl").write_text("\n".join(json.dumps(r) for r in bad) + "\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:4: label 'neutral' was not seen in the training data"):
         train(compose([*base, f"data.val={tmp_path / 'bad.jsonl'}"]))
+    # label names: every class named, else the first unnamed label is pointed at
+    named = train(compose([*base, 'data.label_names={neg: negative, pos: positive}']))
+    assert "val/acc" in named
+    with pytest.raises(ValueError, match=r"train\.jsonl:2: label 'pos' has no name in data\.label_names"):
+        train(compose([*base, "data.label_names={neg: negative}"]))
 
 
 # ----------------------------------------------------------------------------- lengths and batches
