@@ -533,8 +533,10 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
         if logger is not None and best and cfg.logger.mlflow.get("log_model", True) and trainer.is_global_zero:
             from lit_tf.tracking.pyfunc import log_classifier
 
-            tracking.flush(logger)
-            metrics["model_uri"] = log_classifier(logger._tracking_uri, logger.run_id, best)
+            tracking.flush(logger)  # the test metrics are in the run: the logged model takes them up
+            metrics["model_uri"] = log_classifier(
+                logger._tracking_uri, logger.run_id, best, name=f"{cfg.name}-{b.family}",
+                examples=dm.example_texts(2), register_as=cfg.get("register_as"), step=module.global_step)
     if logger is not None:
         if cfg.logger.mlflow.get("log_checkpoint", True):
             tracking.log_artifact(logger, best or last, "checkpoints")

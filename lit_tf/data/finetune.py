@@ -56,6 +56,7 @@ __all__ = [
 
 FORMATS = ("tsv", "csv", "jsonl")
 _FMT_BY_SUFFIX = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+PAIR_SEP = " ||| "  # separates the two texts of a sentence pair on one line (predict, pyfunc inputs)
 _RESERVED = ("label", "where")  # keys every row carries besides its text fields
 
 Sentence = tuple[list[str], list[str]]  # (words, tags)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from lit_tf.data import text
 from lit_tf.data.finetune import (
+    PAIR_SEP,
     LabelSet,
     collate_classification,
     collate_token_classification,
@@ -73,6 +74,7 @@ class FineTuneDataModule(StreamDataModule):
         self.train_lang = str(self.cfg.get("train_lang") or "en")
         self.labels: LabelSet | None = None
         self.sets: dict[str, dict[str, _Examples]] = {}
+        self.first_rows: list = []
 
     # ------------------------------------------------------------------ reading
     def _read(self, split: str, source: Any) -> list:
@@ -114,6 +116,7 @@ class FineTuneDataModule(StreamDataModule):
             raise ValueError(f"data.train={train_src}: no examples")
         tags = (t for _, ts in train_rows for t in ts) if self.task == "token_cls" else (r["label"] for r in train_rows)
         self.labels = LabelSet.from_labels(tags)
+        self.first_rows = train_rows[:8]  # for example inputs (e.g. of the logged model)
         self.sets["train"] = {self.train_lang: _Examples(self._encode(train_rows, str(train_src)))}
         for split in ("val", "test"):
             self.sets[split] = {
@@ -122,6 +125,14 @@ class FineTuneDataModule(StreamDataModule):
             }
         if not self.sets["val"]:
             raise ValueError("data.val: give a validation file (or {language: file})")
+
+    def example_texts(self, n: int = 2) -> list[str]:
+        """The first `n` training inputs as lines `lit_tf.cli.predict` (and the pyfunc model) take:
+        sentence pairs joined by " ||| ", a CoNLL sentence as its words."""
+        if self.task == "token_cls":
+            return [" ".join(words) for words, _ in self.first_rows[:n]]
+        fields = list(self.cfg["text_fields"])
+        return [PAIR_SEP.join(str(r[f]) for f in fields) for r in self.first_rows[:n]]
 
     def _source(self, source: Any) -> dict:
         c = self.cfg

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from lit_tf.data.finetune import PAIR_SEP
 from lit_tf.objectives.finetune import classifier_forward
-
-PAIR_SEP = " ||| "  # separates the two texts of a sentence pair on one line
 
 
 def predict_lines(loaded, lines: list[str], top: int = 3, lang: str | None = None) -> list[str]:

@@ -37,7 +37,8 @@ def pretrained(tmp_path_factory, cache_dir):
 
 def test_finetune_from_mlflow_run_keeps_lineage_and_reports(compose, pretrained, tmp_path, monkeypatch):
     pre, mlruns = pretrained
-    cfg = compose(["experiment=finetune_sst2", *SMOKE, f"init_from={pre['run_id']}", f"paths.mlruns_dir={mlruns}"])
+    cfg = compose(["experiment=finetune_sst2", *SMOKE, f"init_from={pre['run_id']}", f"paths.mlruns_dir={mlruns}",
+                   "register_as=sst2-classifier"])
     temp = tmp_path / "temp"  # this test's own temp folder: other tests (or workers) may download too
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
@@ -85,6 +86,16 @@ def test_finetune_from_mlflow_run_keeps_lineage_and_reports(compose, pretrained,
     mlflow.set_tracking_uri(f"sqlite:///{mlruns / 'mlflow.db'}")
     served = mlflow.pyfunc.load_model(m["model_uri"]).predict(pd.DataFrame({"text": ["great fun", "dull and long"]}))
     assert len(served) == 2 and all(p.split(":")[0] in ("negative", "positive") for p in served["prediction"])
+    # ... listed in the experiment's Models tab by name, with the run's test metrics, a signature and an
+    # input example; register_as made it a version of a registered model
+    (logged,) = client.search_logged_models([run.info.experiment_id])
+    assert logged.name == "finetune_sst2-bert" and logged.source_run_id == m["run_id"]
+    model_metrics = {x.key: x.value for x in logged.metrics}
+    assert model_metrics["test/acc"] == pytest.approx(m["test/acc"]) and "test/class/positive/f1" in model_metrics
+    info = mlflow.models.get_model_info(m["model_uri"])
+    assert [c.name for c in info.signature.inputs.inputs] == ["text"] and info.saved_input_example_info
+    (version,) = client.search_model_versions("name = 'sst2-classifier'")
+    assert int(version.version) == 1 and version.run_id == m["run_id"]
 
     pred = _cli("lit_tf.cli.predict", f"ckpt={m['best_ckpt']}", "text=a gripping , funny film", "top=2")
     assert pred.returncode == 0, pred.stderr[-2000:]
