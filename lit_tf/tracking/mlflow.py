@@ -526,17 +526,31 @@ def ui_command(mlruns_dir: str | os.PathLike) -> str:
             f"--artifacts-destination {artifact_root} --host 127.0.0.1 --port 5000")
 
 
+# MLflow 3's UI has a GenAI / Model training switch per browser (stored in its local storage,
+# GenAI by default); an experiment opened in GenAI mode lands on its traces overview. The page's
+# `workflowType` parameter overrides the switch, so lit_tf's links carry it.
+UI_MODEL_TRAINING = "workflowType=machine_learning"
+
+
+def run_page(experiment_id: str, run_id: str | None = None) -> str:
+    """The UI page (relative to its root) of an experiment's runs, or of one run, in model-training mode."""
+    tail = f"/runs/{run_id}" if run_id else ""
+    return f"#/experiments/{experiment_id}{tail}?{UI_MODEL_TRAINING}"
+
+
 def summary_lines(logger: LitTfMLflowLogger, experiment_name: str) -> list[str]:
     """The end-of-run lines saying where the run is and how to look at it."""
     store = logger.store
+    page = run_page(logger.experiment_id, logger.run_id)
     if store is not None and store.remote:
         lines = [f"  MLflow run: {logger.run_id} (experiment '{experiment_name}', server {store})",
-                 f"  open it in the MLflow UI:  {store}/#/experiments/{logger.experiment_id}/runs/{logger.run_id}"]
+                 f"  open it in the MLflow UI:  {store}/{page}"]
     else:
         folder = store.local_dir if store is not None else "mlruns"
         lines = [f"  MLflow run: {logger.run_id} (experiment '{experiment_name}', store {folder})",
                  "  open the MLflow UI:  make ui   (serves http://127.0.0.1:5000)",
-                 f"            or run:  {ui_command(folder)}"]
+                 f"            or run:  {ui_command(folder)}",
+                 f"  this run's page:    http://127.0.0.1:5000/{page}"]
     if logger.unsent:
         lines.append(f"  NOT in MLflow: {logger.unsent} metric points the store never took, saved in {logger.unsent_file}")
     return lines
