@@ -48,12 +48,13 @@ def short_id(out_dir: str | Path) -> str:
 
 
 def run_labels(template: str | None, *, family: str, objective: str, experiment: str, out_dir: str | Path,
-               trial_number: int | None = None) -> RunLabels:
+               trial_number: int | None = None, command: tuple[list[str], dict[str, str]] | None = None) -> RunLabels:
     """The run's name (from `template`, see the module doc, or the default) and its labelling tags:
     `lit_tf.overrides` (what the command line changed), `lit_tf.debug` and `lit_tf.trial` ("true" /
     "false", always set so `tags.lit_tf.debug != "true"` filters), and the run's description (the
-    command that reproduces its config)."""
-    overrides, choices = _command_line()
+    command that reproduces its config). `command`: (overrides, config group choices); default:
+    this process's Hydra command line."""
+    overrides, choices = command if command is not None else _command_line()
     fields = {"family": family, "objective": objective, "experiment": experiment,
               "id": f"t{trial_number}" if trial_number is not None else short_id(out_dir),
               "trial": "" if trial_number is None else str(trial_number)}

@@ -10,7 +10,7 @@ import pytest
 from lit_tf.errors import LitTfError
 from lit_tf.tracking.labels import run_labels, short_id
 
-KW = dict(family="gpt", objective="clm", experiment="gpt_clm_en")
+KW = dict(family="gpt", objective="clm", experiment="gpt_clm_en", command=([], {}))
 
 
 def test_default_name_is_family_objective_and_a_short_id(tmp_path):
@@ -21,6 +21,15 @@ def test_default_name_is_family_objective_and_a_short_id(tmp_path):
     assert a.tags["lit_tf.debug"] == "false" and a.tags["lit_tf.trial"] == "false"
     trial = run_labels(None, out_dir=tmp_path / "trial_3", trial_number=3, **KW)
     assert trial.name == "gpt-clm-t3" and trial.tags["lit_tf.trial"] == "true"
+
+
+def test_command_line_goes_to_tags_and_description(tmp_path):
+    kw = dict(KW, command=(["experiment=gpt_clm_en", "debug=smoke", "optim.optimizer.lr=3e-4"],
+                           {"experiment": "gpt_clm_en", "debug": "smoke"}))
+    tags = run_labels(None, out_dir=tmp_path, **kw).tags
+    assert tags["lit_tf.overrides"] == "experiment=gpt_clm_en debug=smoke optim.optimizer.lr=3e-4"
+    assert tags["lit_tf.debug"] == "true"
+    assert tags["mlflow.note.content"] == "Started as: `python train.py experiment=gpt_clm_en debug=smoke optim.optimizer.lr=3e-4`"
 
 
 def test_template_fields(tmp_path):
