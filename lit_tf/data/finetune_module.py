@@ -93,10 +93,11 @@ class FineTuneDataModule(StreamDataModule):
         if names and self.task != "token_cls":
             names = {str(k): str(v) for k, v in dict(names).items()}
             first = next((r for r in rows if r["label"] not in names), None)
-            if first is not None:
+            if first is not None and split == "train":  # the classes: every one needs a name
                 raise ValueError(f"{first.get('where', source)}: label {first['label']!r} has no name in "
                                  f"data.label_names (it names {sorted(names)}): name every class")
-            rows = [dict(r, label=names[r["label"]]) for r in rows]
+            # val/test: a label training never saw stays as it is, to fail as unseen when encoded
+            rows = [dict(r, label=names.get(r["label"], r["label"])) for r in rows]
         return rows
 
     def _encode(self, rows: list, source: str) -> list[dict]:

@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch call
-# MLflow 3's UI opens an experiment on the page its `mlflow.experimentKind` tag names; without it
-# the UI guesses, and an experiment with no traces opened on the GenAI traces dashboard
-# ("Traces 0") instead of its runs. lit_tf's experiments are model training.
+# MLflow 3 records what an experiment is for in its `mlflow.experimentKind` tag (the UI's
+# experiment-kind selector shows it; without it the UI infers one). lit_tf's experiments are model
+# training. Which page the 3.17 UI opens an experiment on is decided by its GenAI / Model training
+# switch instead (see UI_MODEL_TRAINING).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # the description the UI shows on an experiment's (or run's) page
@@ -362,8 +363,8 @@ def experiment_description(config_dir: str | os.PathLike, name: str) -> str | No
 
 
 def mark_experiment(store: Store, client: Any, experiment_id: str, description: str | None = None) -> None:
-    """Tag an experiment lit_tf creates or reuses as model training (so the UI opens on its runs)
-    and give it `description` when it has none. Tags a user has set are kept."""
+    """Tag an experiment lit_tf creates or reuses as model training and give it `description` when
+    it has none. Tags a user has set are kept."""
     tags = store.call(client.get_experiment, experiment_id).tags
     if EXPERIMENT_KIND_TAG not in tags:
         store.call(client.set_experiment_tag, experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
@@ -424,7 +425,6 @@ def _warn_local_artifacts(logger: LitTfMLflowLogger) -> None:
 
 
 @rank_zero_only
-@rank_zero_only
 def start_system_metrics(logger: LitTfMLflowLogger, interval_s: float, resumed: bool) -> None:
     """Sample CPU, memory, disk, network and (with nvidia-ml-py and an NVIDIA GPU) GPU utilisation
     and memory every `interval_s` seconds into the run's `system/*` metrics, with MLflow's own
@@ -438,6 +438,7 @@ def start_system_metrics(logger: LitTfMLflowLogger, interval_s: float, resumed: 
     logger.system_metrics = monitor
 
 
+@rank_zero_only
 def end_run(logger: LitTfMLflowLogger, exc: BaseException, status: str) -> None:
     """Record how a run ended on an exception: status FAILED or KILLED, the message as the tag
     `lit_tf.error` (FAILED) or `lit_tf.stopped` (KILLED: Ctrl-C, preemption), and for FAILED the

@@ -60,8 +60,7 @@ def test_finetune_from_mlflow_run_keeps_lineage_and_reports(compose, pretrained,
     assert json.loads(inputs[("sst2-train", "train")].source)["uri"].endswith("sst2/train.tsv")
     from lit_tf.data import text
 
-    assert inputs[("sst2-train", "train")].digest == text.fingerprint(
-        {"files": [json.loads(inputs[("sst2-train", "train")].source)["files"][0]]})
+    assert inputs[("sst2-train", "train")].digest == text.fingerprint({"files": [cfg.data.train]})
     arts = {a.path for a in client.list_artifacts(m["run_id"], "reports")}
     assert {"reports/test.json", "reports/test_confusion.png"} <= arts
     report = json.loads((Path(m["output_dir"]) / "reports" / "test.json").read_text())
