@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,6 +31,29 @@ def sigint_default() -> None:
     a test run started as a background job of a non-interactive shell inherits SIGINT ignored, and
     Python then never turns it into KeyboardInterrupt."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(proc: subprocess.Popen, argv: list[str], url: str, timeout: float = 180) -> str:
+    """The body of the first 200 answer from `url`, polled while `proc` (started as `argv`) runs;
+    fails as soon as it exits (with the end of its output, when piped) or after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = proc.stdout.read()[-3000:] if proc.poll() is not None and proc.stdout else ""
+        assert proc.poll() is None, f"`{shlex.join(argv)}` exited {proc.returncode}:\n{out}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                assert r.status == 200
+                return r.read().decode(errors="replace")
+        except OSError:
+            assert time.monotonic() < deadline, f"`{shlex.join(argv)}`: no HTTP answer at {url} within {timeout:.0f}s"
+            time.sleep(0.25)
 
 
 def shared_file(rel: str) -> Path:

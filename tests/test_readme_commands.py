@@ -36,14 +36,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, free_port, wait_http
 
 README = ROOT / "README.md"
 PY_BIN = Path(sys.executable).parent  # the interpreter running the tests: `python` of the commands
@@ -196,7 +194,7 @@ def ws(tmp_path_factory) -> Iterator[Workspace]:
     # root-only tmp) and free ports, through the variables the README documents
     engines = Path(tempfile.mkdtemp(prefix="lit_tf_readme_engines."))
     engines.chmod(0o755)
-    pg_port, slurm_port = _free_port(), _free_port_run(3)
+    pg_port, slurm_port = free_port(), _free_port_run(3)
     env.update(LIT_TF_PG_DIR=str(engines / "postgres"), LIT_TF_PG_PORT=str(pg_port),
                LIT_TF_SLURM_DIR=str(engines / "slurm"), LIT_TF_SLURM_PORT=str(slurm_port))
     w = Workspace(repo, env, addresses={"127.0.0.1:5433": f"127.0.0.1:{pg_port}"})
@@ -280,16 +278,10 @@ def _run(w: Workspace, argv: list[str], timeout: int = 600) -> subprocess.Comple
     return proc
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _free_port_run(n: int) -> int:
     """A port p with p .. p+n-1 all free (SLURM's daemons take consecutive ports)."""
     for _ in range(100):
-        base = _free_port()
+        base = free_port()
         try:
             for p in range(base + 1, base + n):
                 with socket.socket() as s:
@@ -309,25 +301,12 @@ def _set_env(w: Workspace, text: str) -> None:
             w.env[m.group(1)] = os.path.expandvars(value.replace("$PWD", str(w.repo)))
 
 
-def _wait_http(proc: subprocess.Popen, argv: list[str], url: str, timeout: float = 180) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert proc.poll() is None, f"`{shlex.join(argv)}` exited {proc.returncode}:\n{proc.stdout.read()[-3000:]}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                assert r.status == 200
-                return r.read().decode(errors="replace")
-        except OSError:
-            assert time.monotonic() < deadline, f"`{shlex.join(argv)}`: no HTTP answer at {url} within {timeout:.0f}s"
-            time.sleep(1)
-
-
 def _serve_and_get(w: Workspace, argv: list[str], port: int, path: str = "/", timeout: float = 180) -> str:
     """Start a server command, wait until it answers HTTP on 127.0.0.1:port, return the page; stop it."""
     proc = subprocess.Popen(argv, cwd=w.repo, env=w.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
-        return _wait_http(proc, argv, f"http://127.0.0.1:{port}{path}", timeout)
+        return wait_http(proc, argv, f"http://127.0.0.1:{port}{path}", timeout)
     finally:
         _stop(proc)
 
@@ -375,15 +354,15 @@ def test_readme_command(ws: Workspace, cmd: str) -> None:
     argv = shrink(shlex.split(line))
     if argv[-1] == "&":  # a server the next commands use: started now, stopped when the module ends
         assert argv[:2] == ["make", "mlflow-server"], f"no health check known for the server {line!r}"
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen([*argv[:-1], f"PORT={port}"], cwd=ws.repo, env=ws.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
         ws.servers.append(proc)
-        _wait_http(proc, argv, f"http://127.0.0.1:{port}/health")
+        wait_http(proc, argv, f"http://127.0.0.1:{port}/health")
         ws.addresses["127.0.0.1:5000"] = f"127.0.0.1:{port}"
         return
     if argv[:2] == ["make", "ui"]:
-        port = _free_port()
+        port = free_port()
         page = _serve_and_get(ws, [*argv, f"PORT={port}"], port)
         assert "mlflow" in page.lower()
         return

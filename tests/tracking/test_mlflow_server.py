@@ -22,16 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, free_port
 
 HERE = Path(__file__).resolve().parent
 MLFLOW = Path(sys.executable).with_name("mlflow")  # the venv's mlflow executable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(what: str, condition: Callable[[], object], timeout: float,
@@ -55,7 +49,7 @@ class TrackingServer:
     """`mlflow server` on 127.0.0.1:<port> over a store folder: `mlflow.db` + proxied `artifacts/`."""
 
     def __init__(self, store: Path, port: int | None = None) -> None:
-        self.store, self.port = store, port or _free_port()
+        self.store, self.port = store, port or free_port()
         self.log = store / "server.log"
         self.proc: subprocess.Popen | None = None
 
@@ -240,7 +234,7 @@ def test_unreachable_server_fails_fast_with_one_line(tmp_path):
     from lit_tf.errors import LitTfError
     from lit_tf.tracking.mlflow import check_server
 
-    url = f"http://127.0.0.1:{_free_port()}"  # a free port: nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"  # a free port: nothing listens there
     cache = tmp_path / "cache"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "debug=smoke", f"logger.mlflow.tracking_uri={url}",

@@ -12,15 +12,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, free_port, wait_http
 
 from lit_tf.tracking.mlflow import UI_MODEL_TRAINING, run_page
 
@@ -28,12 +25,6 @@ CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "goog
 README_SHOTS = ("compare_runs", "sweep_runs")  # docs/img/ui_<name>.png
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium missing: apt-get install chromium "
                                                          "(.ci/run installs it)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(root: Path, cache: Path, *args: str) -> str:
@@ -81,20 +72,11 @@ def ui(tmp_path_factory):
         "finetune2": _train(root, cache, "experiment=finetune_sst2", "debug=smoke", "optim.optimizer.lr=3e-4"),
         "sweep": _train(root, cache, "-m", "sweep=smoke"),
     }
-    port = _free_port()
-    proc = subprocess.Popen(["make", "-s", "ui", f"PORT={port}", f"MLRUNS={root / 'mlruns'}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    port = free_port()
+    argv = ["make", "-s", "ui", f"PORT={port}", f"MLRUNS={root / 'mlruns'}"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        t0 = time.time()
-        while True:
-            assert proc.poll() is None, "make ui exited"
-            assert time.time() - t0 < 120, "make ui did not answer within 120 s"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.25)
+        wait_http(proc, argv, f"http://127.0.0.1:{port}/health", timeout=120)
         shots = tmp_path_factory.mktemp("ui_screenshots")
         yield UI(f"http://127.0.0.1:{port}", shots), out, root
         keep = os.environ.get("LIT_TF_UI_SCREENSHOTS")
