@@ -22,7 +22,7 @@ from conftest import ROOT, SHARED, free_port, wait_http
 from lit_tf.tracking.mlflow import UI_MODEL_TRAINING, run_page
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-README_SHOTS = ("compare_runs", "sweep_runs")  # docs/img/ui_<name>.png
+README_SHOTS = ("compare_runs", "sweep_parent")  # docs/img/ui_<name>.png
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium missing: apt-get install chromium "
                                                          "(.ci/run installs it)")
 
@@ -144,4 +144,8 @@ def test_screenshots_for_the_readme_run_comparison_and_sweep(ui):
                  expect=names, height=1400)
     parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                 "tags.`lit_tf.sweep` = 'parent'")[0]
-    browser.page(run_page(parent.info.experiment_id), "sweep_runs", expect=(parent.info.run_name,), height=900)
+    trials = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(trials) == 4
+    # the parent's page: its Optuna tags and its trials as child runs
+    browser.page(run_page(parent.info.experiment_id, parent.info.run_id), "sweep_parent",
+                 expect=(parent.info.run_name, "Child runs", "optuna.best_trial", *(t.info.run_name for t in trials)))
