@@ -474,7 +474,8 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
             tracking.start_system_metrics(logger, float(mcfg.get("system_metrics_interval") or 10),
                                           resumed=bool(prev_run.get("mlflow_run_id")))
         resolved = OmegaConf.to_container(_job_config(cfg), resolve=True)
-        tracking.log_text(logger, OmegaConf.to_yaml(resolved), "config/config.yaml")
+        # top level: the UI's compare page lists only the top-level files two runs share
+        tracking.log_text(logger, OmegaConf.to_yaml(resolved), "config.yaml")
         tracking.log_params_now(logger, {**resolved, "model_stats": parameter_counts(model),
                                          "tokenizer": {"key": b.tokenizer_key, "vocab_size": model.cfg.vocab_size}})
         tracking.log_text(logger, b.tokenizer_json, "tokenizer/tokenizer.json")

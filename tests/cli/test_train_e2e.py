@@ -90,7 +90,7 @@ def test_quickstart_cli_smoke_logs_everything(tmp_path, cache_dir):
     fast = next((k for k in ("tcmalloc", "jemalloc") if allocator.find(k)), "system")
     assert run.data.tags["lit_tf.allocator"] == fast and f"malloc: {fast}" in proc.stdout
     arts = _artifacts(client, run_id)
-    assert "config/config.yaml" in arts and "tokenizer/tokenizer.json" in arts
+    assert "config.yaml" in arts and "tokenizer/tokenizer.json" in arts
     assert any(a.startswith("checkpoints/") and a.endswith(".ckpt") for a in arts)
     ckpts = list((tmp_path / "outputs" / "quickstart" / "runs").glob("*/checkpoints/last.ckpt"))
     assert len(ckpts) == 1

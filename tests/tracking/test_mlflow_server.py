@@ -170,10 +170,10 @@ def test_training_run_logs_params_metrics_and_artifacts_to_the_server(server, ca
         # artifacts: proxied by the server into its own artifact folder, not written by the client
         assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
         arts = _artifacts(client, run_id)
-        assert {"config/config.yaml", "tokenizer/tokenizer.json"} <= arts
+        assert {"config.yaml", "tokenizer/tokenizer.json"} <= arts
         (ckpt,) = [a for a in arts if a.startswith("checkpoints/") and a.endswith(".ckpt")]
         stored = server.store / "artifacts" / run.info.experiment_id / run_id / "artifacts"
-        assert (stored / "config" / "config.yaml").is_file() and (stored / ckpt).is_file()
+        assert (stored / "config.yaml").is_file() and (stored / ckpt).is_file()
     finally:  # the run folder this test made in the repo's outputs/ (found by this server's URL)
         for d in _own_run_dirs(server.url):
             shutil.rmtree(d)
