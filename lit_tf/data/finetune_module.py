@@ -145,15 +145,17 @@ class FineTuneDataModule(StreamDataModule):
         """Every split (and language) as read: examples and their tokens after truncation."""
         name = str(self.cfg.get("name", "data"))
         contexts = {"train": "train", "val": "validation", "test": "test"}
-        out = []
+        out, digests = [], {}  # val and test are often one file: hash it once
         for split, streams in self.sets.items():
             specs = {self.train_lang: self.cfg.get("train")} if split == "train" else _streams(self.cfg.get(split), "")
             for lang, examples in streams.items():
                 src = self._source(specs[lang])
                 source_type, where = describe_source(src)
+                if repr(src) not in digests:
+                    digests[repr(src)] = text.fingerprint(src)
                 out.append(DatasetRecord(
                     name=f"{name}-{split}" + (f"-{lang}" if lang and split != "train" else ""),
-                    digest=text.fingerprint(src), source_type=source_type, source=where, context=contexts[split],
+                    digest=digests[repr(src)], source_type=source_type, source=where, context=contexts[split],
                     rows=len(examples), tokens=sum(len(e["input_ids"]) for e in examples.examples)))
         return out
 
