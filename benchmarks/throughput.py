@@ -56,7 +56,8 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_tf import allocator
-from lit_tf.cli.train import _build_pretraining, compose_config, train
+from lit_tf.cli.train import compose_config, train
+from lit_tf.lit.recipes import build_pretraining
 
 WORKLOADS = {
     "bert": ["model=bert_mini", "model.max_seq_len=128", "objective=mlm", "data=english",
@@ -150,8 +151,8 @@ def run_loop(family: str, root: Path, steps: int, warmup: int, extra: list[str])
     cfg = config(family, root, steps, extra)
     torch.manual_seed(int(cfg.seed))
     set_kernels(fast_dropout=bool(cfg.speed.fast_dropout), attention=str(cfg.speed.attention))
-    b = _build_pretraining(cfg, OmegaConf.to_container(cfg.trainer, resolve=True),
-                           OmegaConf.to_container(cfg.objective, resolve=True))
+    b = build_pretraining(cfg)
+    b.datamodule.max_steps = int(cfg.trainer.max_steps)  # no trainer attached: the stream's length
     b.datamodule.setup("fit")
     model, objective = b.model, b.objective
     holder = torch.nn.ModuleDict({"model": model, **({"objective": objective} if isinstance(objective, torch.nn.Module) else {})})
@@ -197,9 +198,9 @@ def run_hf(family: str, root: Path, steps: int, warmup: int, extra: list[str]) -
     from lit_tf.data.tokenizer import CLS, MASK, PAD, SEP, UNK
 
     cfg = config(family, root, steps, extra)
-    b = _build_pretraining(cfg, OmegaConf.to_container(cfg.trainer, resolve=True),
-                           OmegaConf.to_container(cfg.objective, resolve=True))
+    b = build_pretraining(cfg)
     dm = b.datamodule
+    dm.max_steps = int(cfg.trainer.max_steps)  # no trainer attached: the stream's length
     dm.setup("fit")
     bsz = int(cfg.data.batch_size)
     times: list[float] = []

@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> None:
 
     with user_errors():  # a missing or foreign checkpoint: one `error:` line
         loaded = load_checkpoint(args["ckpt"])
-    if loaded.meta["family"] != "gpt":
-        raise SystemExit(f"error: {args['ckpt']} holds a {loaded.meta['family']!r} model; generation needs a GPT (causal LM)")
+    from lit_tf.models.families import FAMILIES
+
+    if not FAMILIES[loaded.meta["family"]].causal_lm:
+        lms = [name for name, spec in FAMILIES.items() if spec.causal_lm]
+        raise SystemExit(f"error: {args['ckpt']} holds a {loaded.meta['family']!r} model; generation needs a causal LM "
+                         f"({', '.join(lms)})")
     for i in range(args["num_samples"]):
         (text,) = sample_texts(loaded.model, loaded.tokenizer, [args["prompt"]], max_new_tokens=args["max_new_tokens"],
                                temperature=args["temperature"], top_k=args["top_k"] or None,

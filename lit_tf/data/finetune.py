@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -553,3 +553,61 @@ def collate_token_classification(examples: Sequence[Mapping], pad_id: int, pad_t
     batch["n_words"] = torch.tensor([e["n_words"] for e in examples], dtype=torch.long)  # (B,)
     batch["n_dropped_words"] = torch.tensor([e["n_dropped_words"] for e in examples], dtype=torch.long)
     return batch
+
+
+# --------------------------------------------------------------------------------------------
+# the data half of a fine-tuning task (lit_tf.lit.tasks bundles it with the rest)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskData:
+    """How one fine-tuning task reads, labels, encodes, batches and shows its examples.
+
+    `read(data_cfg, source)` -> rows; `labels(rows)` -> every label the rows carry (the training
+    split's define the label set); `encode(tokenizer, rows, data_cfg, labels, max_len, source)` ->
+    examples; `collate(examples, pad_id, pad_to_multiple_of)` -> a batch; `line(row, data_cfg)` ->
+    the row as the input line `lit_tf.cli.predict` takes; `texts(rows, data_cfg)` -> the text a
+    scratch tokenizer is trained on. `named_labels`: `data.label_names` renames its labels;
+    `hf_tables`: it reads HF datasets (`data.hf_name`)."""
+
+    read: Callable[[Mapping, object], list]
+    labels: Callable[[Sequence], Iterable[str]]
+    encode: Callable[..., list[dict]]
+    collate: Callable[..., dict[str, Tensor]]
+    line: Callable[[object, Mapping], str]
+    texts: Callable[[Sequence, Mapping], list[str]]
+    named_labels: bool = False
+    hf_tables: bool = False
+
+
+def _read_table(c: Mapping, source: object) -> list[dict]:
+    if c.get("hf_name"):
+        return read_hf_table(c["hf_name"], c.get("hf_config"), str(source), list(c["text_fields"]), str(c["label_field"]))
+    return read_labeled_table(str(source), list(c["text_fields"]), str(c["label_field"]), fmt=c.get("format"),
+                              has_header=c.get("has_header"), column_names=c.get("column_names"))
+
+
+def _read_conll(c: Mapping, source: object) -> list[Sentence]:
+    conll = dict(c.get("conll") or {})
+    return read_conll(str(source), token_col=int(conll.get("token_col", 0)), tag_col=int(conll.get("tag_col", -1)))
+
+
+SEQUENCE_DATA = TaskData(
+    read=_read_table,
+    labels=lambda rows: (r["label"] for r in rows),
+    encode=lambda tok, rows, c, labels, max_len, source: encode_classification(
+        tok, rows, list(c["text_fields"]), labels, max_len),
+    collate=collate_classification,
+    line=lambda row, c: PAIR_SEP.join(str(row[f]) for f in c["text_fields"]),
+    texts=lambda rows, c: [r[f] for r in rows for f in c["text_fields"]],
+    named_labels=True,
+    hf_tables=True,
+)
+TOKEN_DATA = TaskData(
+    read=_read_conll,
+    labels=lambda sents: (t for _, tags in sents for t in tags),
+    encode=lambda tok, sents, c, labels, max_len, source: encode_token_classification(
+        tok, sents, labels, max_len, source=source),
+    collate=collate_token_classification,
+    line=lambda sent, c: " ".join(sent[0]),
+    texts=lambda sents, c: [" ".join(words) for words, _ in sents],
+)

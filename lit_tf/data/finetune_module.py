@@ -17,22 +17,10 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from lit_tf.data import text
-from lit_tf.data.finetune import (
-    PAIR_SEP,
-    LabelSet,
-    collate_classification,
-    collate_token_classification,
-    encode_classification,
-    encode_token_classification,
-    read_conll,
-    read_hf_table,
-    read_labeled_table,
-)
+from lit_tf.data.finetune import LabelSet, TaskData
 from lit_tf.data.pretraining import _split_key
 from lit_tf.data.records import DatasetRecord, describe_source
 from lit_tf.data.sampling import StreamBatchSampler, StreamDataModule
-
-TASKS = ("seq_cls", "token_cls")
 
 
 class _Examples:
@@ -58,16 +46,15 @@ def _streams(spec: Any, default_lang: str) -> dict[str, Any]:
 class FineTuneDataModule(StreamDataModule):
     """Args:
     data: the `data` config group (train/val/test, fields, max_seq_len, batch_size, ...).
-    task: "seq_cls" or "token_cls".
+    task: the data half of the fine-tuning task (`lit_tf.data.finetune.TaskData`; `lit_tf.lit.tasks` names them).
     tokenizer: the tokenizer of the encoder being fine-tuned.
     lang_ids: language -> id for XLM encoders (adds `lang_ids` to batches), else None.
     """
 
-    def __init__(self, data: Mapping, task: str, tokenizer: Tokenizer, *, lang_ids: Mapping[str, int] | None = None,
-                 seed: int = 0, accumulate_grad_batches: int = 1, max_steps: int = -1) -> None:
+    def __init__(self, data: Mapping, task: TaskData, tokenizer: Tokenizer | None, *,
+                 lang_ids: Mapping[str, int] | None = None, seed: int = 0, accumulate_grad_batches: int = 1,
+                 max_steps: int = -1) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"objective.name={task!r}: fine-tuning tasks are {list(TASKS)}")
         self.cfg, self.task, self.tok = dict(data), task, tokenizer
         self.lang_ids = dict(lang_ids) if lang_ids else None
         self.seed, self.accumulate, self.max_steps = int(seed), int(accumulate_grad_batches), int(max_steps)
@@ -75,22 +62,18 @@ class FineTuneDataModule(StreamDataModule):
         self.labels: LabelSet | None = None
         self.sets: dict[str, dict[str, _Examples]] = {}
         self.first_rows: list = []
+        self._train_rows: list | None = None
 
     # ------------------------------------------------------------------ reading
-    def _read(self, split: str, source: Any) -> list:
+    def read(self, split: str, source: Any) -> list:
+        """The rows of one split as the task reads them (limited by `data.max_*_examples`; labels
+        renamed by `data.label_names` when the task has named labels)."""
         c = self.cfg
         limit = c.get("max_train_examples") if split == "train" else c.get("max_eval_examples")
-        if self.task == "token_cls":
-            conll = dict(c.get("conll") or {})
-            rows = read_conll(str(source), token_col=int(conll.get("token_col", 0)), tag_col=int(conll.get("tag_col", -1)))
-        elif c.get("hf_name"):
-            rows = read_hf_table(c["hf_name"], c.get("hf_config"), str(source), list(c["text_fields"]), str(c["label_field"]))
-        else:
-            rows = read_labeled_table(str(source), list(c["text_fields"]), str(c["label_field"]), fmt=c.get("format"),
-                                      has_header=c.get("has_header"), column_names=c.get("column_names"))
+        rows = self.task.read(c, source)
         rows = rows[:limit] if limit else rows
         names = c.get("label_names")
-        if names and self.task != "token_cls":
+        if names and self.task.named_labels:
             names = {str(k): str(v) for k, v in dict(names).items()}
             first = next((r for r in rows if r["label"] not in names), None)
             if first is not None and split == "train":  # the classes: every one needs a name
@@ -100,28 +83,37 @@ class FineTuneDataModule(StreamDataModule):
             rows = [dict(r, label=names.get(r["label"], r["label"])) for r in rows]
         return rows
 
+    def train_rows(self) -> list:
+        """The training split's rows, read once (a scratch tokenizer is trained on them before setup)."""
+        if self._train_rows is None:
+            train_src = self.cfg.get("train")
+            if not train_src:
+                raise ValueError("data.train: give the training file (or HF split name with data.hf_name)")
+            self._train_rows = self.read("train", train_src)
+            if not self._train_rows:
+                raise ValueError(f"data.train={train_src}: no examples")
+        return self._train_rows
+
+    def tokenizer_texts(self) -> list[str]:
+        """The training text a scratch tokenizer learns its vocabulary from."""
+        return self.task.texts(self.train_rows(), self.cfg)
+
     def _encode(self, rows: list, source: str) -> list[dict]:
-        L_ = int(self.cfg["max_seq_len"])
-        if self.task == "token_cls":
-            return encode_token_classification(self.tok, rows, self.labels, L_, source=source)
-        return encode_classification(self.tok, rows, list(self.cfg["text_fields"]), self.labels, L_)
+        return self.task.encode(self.tok, rows, self.cfg, self.labels, int(self.cfg["max_seq_len"]), source)
 
     def setup(self, stage: str | None = None) -> None:
         if self.sets:
             return
-        train_src = self.cfg.get("train")
-        if not train_src:
-            raise ValueError("data.train: give the training file (or HF split name with data.hf_name)")
-        train_rows = self._read("train", train_src)
-        if not train_rows:
-            raise ValueError(f"data.train={train_src}: no examples")
-        tags = (t for _, ts in train_rows for t in ts) if self.task == "token_cls" else (r["label"] for r in train_rows)
-        self.labels = LabelSet.from_labels(tags)
+        if self.tok is None:
+            raise ValueError("FineTuneDataModule.setup needs the tokenizer (train one on tokenizer_texts() first)")
+        train_src = self.cfg["train"]
+        train_rows = self.train_rows()
+        self.labels = LabelSet.from_labels(self.task.labels(train_rows))
         self.first_rows = train_rows[:8]  # for example inputs (e.g. of the logged model)
         self.sets["train"] = {self.train_lang: _Examples(self._encode(train_rows, str(train_src)))}
         for split in ("val", "test"):
             self.sets[split] = {
-                lang: _Examples(self._encode(self._read(split, src), str(src)))
+                lang: _Examples(self._encode(self.read(split, src), str(src)))
                 for lang, src in _streams(self.cfg.get(split), self.train_lang).items()
             }
         if not self.sets["val"]:
@@ -130,14 +122,11 @@ class FineTuneDataModule(StreamDataModule):
     def example_texts(self, n: int = 2) -> list[str]:
         """The first `n` training inputs as lines `lit_tf.cli.predict` (and the pyfunc model) take:
         sentence pairs joined by " ||| ", a CoNLL sentence as its words."""
-        if self.task == "token_cls":
-            return [" ".join(words) for words, _ in self.first_rows[:n]]
-        fields = list(self.cfg["text_fields"])
-        return [PAIR_SEP.join(str(r[f]) for f in fields) for r in self.first_rows[:n]]
+        return [self.task.line(r, self.cfg) for r in self.first_rows[:n]]
 
     def _source(self, source: Any) -> dict:
         c = self.cfg
-        if self.task != "token_cls" and c.get("hf_name"):
+        if self.task.hf_tables and c.get("hf_name"):
             return {"hf": c["hf_name"], "hf_config": c.get("hf_config"), "split": str(source)}
         return {"files": [str(source)]}
 
@@ -170,7 +159,7 @@ class FineTuneDataModule(StreamDataModule):
     # ------------------------------------------------------------------ loaders
     def _collate(self, lang: str):
         pad = self.tok.token_to_id("[PAD]") or 0
-        base = collate_token_classification if self.task == "token_cls" else collate_classification
+        base = self.task.collate
         lang_id = None if self.lang_ids is None else self.lang_ids.get(lang or self.train_lang)
         if self.lang_ids is not None and lang_id is None:
             raise ValueError(f"language {lang!r} is not one the encoder was pretrained on: {sorted(self.lang_ids)}")

@@ -176,12 +176,32 @@ class ResumableLoader(DataLoader):
 class StreamDataModule(L.LightningDataModule):
     """What every lit_tf DataModule shares: where this rank stands and how far training got.
 
-    Subclasses set `seed`, `accumulate` (gradient accumulation) and `max_steps`.
+    Subclasses set `seed`. Gradient accumulation (`accumulate`) and the run's length (`max_steps`)
+    are read from the trainer the module is attached to; the values set on the module only serve
+    when it runs without one (tests, benchmarks).
     """
 
     seed: int = 0
-    accumulate: int = 1
-    max_steps: int = -1
+    _accumulate: int = 1
+    _max_steps: int = -1
+
+    @property
+    def accumulate(self) -> int:
+        t = self.trainer
+        return int(t.accumulate_grad_batches) if t is not None else self._accumulate
+
+    @accumulate.setter
+    def accumulate(self, value: int) -> None:
+        self._accumulate = int(value)
+
+    @property
+    def max_steps(self) -> int:
+        t = self.trainer
+        return int(t.max_steps) if t is not None else self._max_steps
+
+    @max_steps.setter
+    def max_steps(self, value: int) -> None:
+        self._max_steps = int(value)
 
     def dataset_records(self) -> list:
         """The data this module trains and evaluates on (`lit_tf.data.records.DatasetRecord`s),

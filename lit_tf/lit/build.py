@@ -1,71 +1,86 @@
-"""Build models and objectives from their config groups (explicit tables, no import-time registry)."""
+"""Build models and objectives from their config groups: the family table (lit_tf.models.families),
+the task table (lit_tf.lit.tasks) and the pretraining objective table below (explicit tables, no
+import-time registry)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
 from lit_tf.errors import LitTfError
-from lit_tf.models import (
-    BertBlock,
-    BertConfig,
-    BertForPreTraining,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    GPTBlock,
-    GPTConfig,
-    GPTForCausalLM,
-    LanguageDiscriminator,
-    XLMConfig,
-    XLMForPreTraining,
-    XLMForSequenceClassification,
-    XLMForTokenClassification,
-)
-from lit_tf.objectives.finetune import SequenceClassificationObjective, TokenClassificationObjective
+from lit_tf.lit.tasks import TASKS
+from lit_tf.models import LanguageDiscriminator
+from lit_tf.models.families import FAMILIES, family
 from lit_tf.objectives.pretraining import CausalLMObjective, CrossLingualObjective, MaskedLMObjective
 
 
-class Family(NamedTuple):
-    """What the trainer needs to know about a model family."""
+@dataclass(frozen=True)
+class ObjectiveContext:
+    """What a pretraining objective may need besides its config."""
 
-    config: type  # its config dataclass
-    pretraining: type  # its pretraining model class
-    objectives: tuple[str, ...]  # the pretraining objectives it can train
-    block: type  # its transformer block: the unit of FSDP wrapping and activation checkpointing
+    model: nn.Module | None = None  # the model it trains (e.g. for d_model)
+    streams: Mapping[str, str] = field(default_factory=dict)  # XLM validation stream -> its term
+    n_langs: int = 2
+    fused_lm_loss: bool = True  # language-model heads score their targets fused into the loss (`speed.fused_lm_loss`)
 
 
-FAMILIES: dict[str, Family] = {
-    "bert": Family(BertConfig, BertForPreTraining, ("mlm", "mlm_nsp"), BertBlock),
-    "gpt": Family(GPTConfig, GPTForCausalLM, ("clm",), GPTBlock),
-    "xlm": Family(XLMConfig, XLMForPreTraining, ("xlm",), BertBlock),  # XLM stacks BERT's post-LN block
-}
-OBJECTIVES = ("mlm", "mlm_nsp", "clm", "xlm", "seq_cls", "token_cls")
-# (family, fine-tuning task) -> (model class, attribute holding the encoder)
-HEADS: dict[tuple[str, str], tuple[type, str]] = {
-    ("bert", "seq_cls"): (BertForSequenceClassification, "bert"),
-    ("bert", "token_cls"): (BertForTokenClassification, "bert"),
-    ("xlm", "seq_cls"): (XLMForSequenceClassification, "xlm"),
-    ("xlm", "token_cls"): (XLMForTokenClassification, "xlm"),
+def _masked_lm(cfg: Mapping[str, Any], ctx: ObjectiveContext) -> MaskedLMObjective:
+    nsp = bool(cfg.get("nsp", False))
+    weights = dict(cfg.get("weights") or {"mlm": 1.0, **({"nsp": 1.0} if nsp else {})})
+    return MaskedLMObjective(nsp=nsp, weights=weights, fused_loss=ctx.fused_lm_loss)
+
+
+def _cross_lingual(cfg: Mapping[str, Any], ctx: ObjectiveContext) -> CrossLingualObjective:
+    adv = dict(cfg.get("adversarial") or {})
+    disc = None
+    if adv.get("enabled"):
+        if ctx.model is None:
+            raise ValueError("objective.adversarial needs the model (for its d_model)")
+        disc = LanguageDiscriminator(ctx.model.cfg.d_model, ctx.n_langs, hidden=adv.get("hidden"),
+                                     dropout=float(adv.get("dropout", 0.1)))
+    weights = dict(cfg.get("weights") or {})
+    if not adv.get("enabled"):
+        weights.pop("adv", None)
+    return CrossLingualObjective(weights, dict(ctx.streams), discriminator=disc, adv_lambda=float(adv.get("lambda", 1.0)),
+                                 fused_loss=ctx.fused_lm_loss)
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """A pretraining objective: how to build it, and the evaluation metric it feeds (if any)."""
+
+    build: Callable[[Mapping[str, Any], ObjectiveContext], Any]
+    metric: Callable[[], nn.Module] | None = None  # fed with the objective's `predictions` at validation
+
+
+# Pretraining objectives by `objective.name`; fine-tuning ones come from the task table (lit_tf.lit.tasks).
+OBJECTIVES: dict[str, ObjectiveSpec] = {
+    "mlm": ObjectiveSpec(_masked_lm),
+    "mlm_nsp": ObjectiveSpec(_masked_lm),
+    "clm": ObjectiveSpec(lambda cfg, ctx: CausalLMObjective(fused_loss=ctx.fused_lm_loss)),
+    "xlm": ObjectiveSpec(_cross_lingual),
 }
 
 
 def model_config(model_cfg: Mapping[str, Any], vocab_size: int, pad_id: int = 0, **derived: Any):
     """(family, config dataclass) with `vocab_size` (and e.g. `n_langs`) taken from the data."""
     cfg = dict(model_cfg)
-    family = cfg.pop("family", None)
-    if family not in FAMILIES:
-        raise LitTfError(f"model.family={family!r} is not one of {sorted(FAMILIES)}")
+    name = cfg.pop("family", None)
+    try:
+        spec = family(name)
+    except ValueError as e:
+        raise LitTfError(str(e)) from None
     if cfg.get("vocab_size") not in (None, vocab_size):
         raise LitTfError(
             f"model.vocab_size={cfg['vocab_size']} disagrees with the tokenizer ({vocab_size}); "
             "leave it unset: it comes from the tokenizer artifact"
         )
     cfg.update(vocab_size=vocab_size, pad_id=pad_id, **derived)
-    config_cls = FAMILIES[family].config
     try:
-        return family, config_cls.from_dict(cfg)
+        return name, spec.make_config(cfg)
     except (TypeError, ValueError) as e:
         raise LitTfError(f"model: {e}") from e
 
@@ -74,53 +89,30 @@ def build_model(
     model_cfg: Mapping[str, Any], objective_cfg: Mapping[str, Any], vocab_size: int, pad_id: int = 0,
     languages: Sequence[str] = (),
 ) -> nn.Module:
-    family = model_cfg.get("family")
-    obj = objective_cfg.get("name")
-    if family in FAMILIES and obj not in FAMILIES[family].objectives:
+    """The pretraining model of `model.family` that `objective` trains."""
+    name, obj = model_cfg.get("family"), objective_cfg.get("name")
+    if name in FAMILIES and obj not in FAMILIES[name].objectives:
         raise ValueError(
-            f"objective={obj!r} does not train model.family={family!r}; it takes objective in {list(FAMILIES[family].objectives)}"
+            f"objective={obj!r} does not train model.family={name!r}; it takes objective in {list(FAMILIES[name].objectives)}"
         )
-    derived = {}
-    if family == "xlm":  # the data decides the language count and whether attention is causal
-        derived = {"n_langs": max(1, len(languages)), "causal": objective_cfg.get("mono_term", "mlm") == "clm"}
-    family, cfg = model_config(model_cfg, vocab_size, pad_id, **derived)
-    if family == "bert":
-        return BertForPreTraining(cfg, nsp=bool(objective_cfg.get("nsp", False)))
-    return FAMILIES[family].pretraining(cfg)
+    derived = FAMILIES[name].derived(objective_cfg, languages) if name in FAMILIES else {}
+    name, cfg = model_config(model_cfg, vocab_size, pad_id, **derived)
+    return FAMILIES[name].pretraining_model(cfg, objective_cfg)
 
 
-def build_objective(
-    objective_cfg: Mapping[str, Any], model: nn.Module | None = None, streams: Mapping[str, str] | None = None,
-    n_langs: int = 2, fused_lm_loss: bool = True,
-):
-    """The objective callable for `objective_cfg`; `streams` maps XLM validation streams to their term;
-    `fused_lm_loss`: language-model heads (causal LM, MLM/TLM) score their targets fused into the loss
-    (`speed.fused_lm_loss`)."""
+def objective_names() -> list[str]:
+    return [*OBJECTIVES, *TASKS]
+
+
+def build_objective(objective_cfg: Mapping[str, Any], ctx: ObjectiveContext | None = None):
+    """The objective callable for `objective_cfg`: a fine-tuning task's, or a pretraining one's
+    built with `ctx`."""
     name = objective_cfg.get("name")
+    if name in TASKS:
+        return TASKS[name].objective()
     if name not in OBJECTIVES:
-        raise ValueError(f"objective.name={name!r} is not one of {list(OBJECTIVES)}")
-    if name == "clm":
-        return CausalLMObjective(fused_loss=fused_lm_loss)
-    if name == "seq_cls":
-        return SequenceClassificationObjective()
-    if name == "token_cls":
-        return TokenClassificationObjective()
-    if name == "xlm":
-        adv = dict(objective_cfg.get("adversarial") or {})
-        disc = None
-        if adv.get("enabled"):
-            if model is None:
-                raise ValueError("objective.adversarial needs the model (for its d_model)")
-            disc = LanguageDiscriminator(model.cfg.d_model, n_langs, hidden=adv.get("hidden"),
-                                         dropout=float(adv.get("dropout", 0.1)))
-        weights = dict(objective_cfg.get("weights") or {})
-        if not adv.get("enabled"):
-            weights.pop("adv", None)
-        return CrossLingualObjective(weights, dict(streams or {}), discriminator=disc, adv_lambda=float(adv.get("lambda", 1.0)),
-                                     fused_loss=fused_lm_loss)
-    nsp = bool(objective_cfg.get("nsp", False))
-    weights = dict(objective_cfg.get("weights") or {"mlm": 1.0, **({"nsp": 1.0} if nsp else {})})
-    return MaskedLMObjective(nsp=nsp, weights=weights, fused_loss=fused_lm_loss)
+        raise ValueError(f"objective.name={name!r} is not one of {objective_names()}")
+    return OBJECTIVES[name].build(objective_cfg, ctx or ObjectiveContext())
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

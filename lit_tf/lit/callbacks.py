@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_tf.data.tokenizer import CLS, PAD, SEP
+from lit_tf.models.families import family_of
 from lit_tf.models.xlm import mean_pool
 from lit_tf.objectives.crosslingual import retrieval_accuracy
 
@@ -21,19 +22,14 @@ def read_lines(path: str, limit: int | None) -> list[str]:
     return lines[:limit] if limit else lines
 
 
-def encoder_of(model: nn.Module) -> nn.Module:
-    """The bidirectional backbone of a pretraining model (XLM or BERT)."""
-    for name in ("xlm", "bert"):
-        if hasattr(model, name):
-            return getattr(model, name)
-    raise TypeError(f"{type(model).__name__} has no encoder to embed sentences with")
 
 
 @torch.no_grad()
 def embed_sentences(model: nn.Module, tokenizer, sentences: list[str], lang_id: int | None, *, max_len: int,
                     batch_size: int, device: torch.device) -> Tensor:
     """Mean-pooled final hidden states of `[CLS] sentence [SEP]`, one row per sentence."""
-    enc = encoder_of(model)
+    spec = family_of(model)
+    enc = spec.encoder_of(model)
     cls_id, sep_id, pad_id = (tokenizer.token_to_id(t) for t in (CLS, SEP, PAD))
     rows = []
     for i in range(0, len(sentences), batch_size):
@@ -45,7 +41,7 @@ def embed_sentences(model: nn.Module, tokenizer, sentences: list[str], lang_id: 
         for r, seq in enumerate(ids):
             x[r, : len(seq)] = torch.tensor(seq, device=device)
             mask[r, : len(seq)] = True
-        kwargs = {"lang_ids": torch.full_like(x, lang_id)} if lang_id is not None and hasattr(model, "xlm") else {}
+        kwargs = {"lang_ids": torch.full_like(x, lang_id)} if lang_id is not None and spec.lang_ids else {}
         hidden = enc(x, attention_mask=mask, **kwargs).hidden  # (B, T, C)
         rows.append(mean_pool(hidden, mask).float())
     return torch.cat(rows)

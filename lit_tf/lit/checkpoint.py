@@ -25,7 +25,7 @@ from torch import nn
 
 from lit_tf.data.tokenizer import TokenizerArtifact, materialize_tokenizer, parse_tokenizer, same_tokenizer
 from lit_tf.errors import CheckpointError
-from lit_tf.lit.build import FAMILIES, HEADS
+from lit_tf.models.families import FAMILIES
 
 # Classes lit_tf checkpoints may hold beyond what torch's weights-only unpickler accepts anyway
 # (tensors, dtypes, dicts, lists, tuples, str/int/float/bool/None). Found by loading real
@@ -113,15 +113,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     family = meta["family"]
     if family not in FAMILIES:
         raise CheckpointError(f"{key}={path}: model family {family!r} is not one of {sorted(FAMILIES)}")
-    config_cls, model_cls = FAMILIES[family].config, FAMILIES[family].pretraining
-    cfg = config_cls.from_dict(meta["model_config"])
+    spec = FAMILIES[family]
+    cfg = spec.make_config(meta["model_config"])
     task = meta.get("task")
-    if task in ("seq_cls", "token_cls"):  # a fine-tuned classifier
-        model = HEADS[(family, task)][0](cfg, len(meta["labels"]))
-    elif family == "bert":
-        model = model_cls(cfg, nsp=bool(meta["objective"].get("nsp", False)))
-    else:
-        model = model_cls(cfg)
+    if task in spec.heads:  # a fine-tuned model
+        model = spec.build(task, cfg, num_labels=len(meta["labels"]))
+    else:  # a pretraining run: the objective it trained decides the model (e.g. BERT with or without NSP)
+        model = spec.pretraining_model(cfg, meta["objective"])
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("decoder.weight")]  # tied to the embeddings

@@ -11,7 +11,7 @@
   number); `ckpt_path=last` continues from it. It also records the exception that
   ended `fit` (Lightning turns Ctrl-C into `SystemExit(1)`), for the run's final status.
 - `requeue_slurm_job`: in a SLURM batch job that was stopped that way, put the job back in the
-  queue; the requeued job resumes from the checkpoint (lit_tf.cli.train.requeued_checkpoint).
+  queue; the requeued job resumes from the checkpoint (lit_tf.lit.resume.requeued_checkpoint).
 """
 
 from __future__ import annotations

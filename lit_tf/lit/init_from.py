@@ -5,7 +5,8 @@
 - an MLflow run id (32 hex characters) in the run's tracking store (the local store, or the server
   `logger.mlflow.tracking_uri` names): its logged checkpoint is used and the new run is tagged with
   the parent so the MLflow UI shows the lineage;
-- a local Hugging Face model directory (`config.json` + weights + `tokenizer.json`; BERT family);
+- a local Hugging Face model directory (`config.json` + weights + `tokenizer.json`; an encoder family's
+  architecture);
 - null: train from scratch (the baseline) with the `model` config and a tokenizer trained on the
   fine-tuning text.
 """
@@ -24,8 +25,8 @@ from torch import nn
 
 from lit_tf.data.tokenizer import parse_tokenizer
 from lit_tf.errors import CheckpointError, LitTfError
-from lit_tf.lit.build import FAMILIES, HEADS
 from lit_tf.lit.checkpoint import load_checkpoint
+from lit_tf.models.families import FAMILIES, encoder_families
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -40,16 +41,17 @@ class InitSource:
     languages: list[str] | None = None
     parent_run_id: str | None = None
     hf_dir: Path | None = None
+    hf_config: dict | None = None  # the HF dir's config.json, read once
     path: str | None = None
 
 
 def _from_checkpoint(path: str | Path, kind: str = "checkpoint", parent: str | None = None) -> InitSource:
     loaded = load_checkpoint(path, key="init_from")
     family = loaded.meta["family"]
-    if family not in ("bert", "xlm"):
+    if family not in encoder_families():
         raise CheckpointError(f"init_from={path}: a {family!r} model cannot be fine-tuned for classification; "
-                              "use an encoder (bert or xlm) checkpoint")
-    return InitSource(kind, family, loaded.model.cfg, getattr(loaded.model, family), loaded.tokenizer,
+                              f"use an encoder checkpoint ({', '.join(encoder_families())})")
+    return InitSource(kind, family, loaded.model.cfg, FAMILIES[family].encoder_of(loaded.model), loaded.tokenizer,
                       list(loaded.meta.get("languages") or []), parent, path=str(path))
 
 
@@ -84,16 +86,17 @@ def resolve_init(init_from: str | None, tracking_uri: str, where: str | None = N
     if path.is_file():
         return _from_checkpoint(path)
     if path.is_dir():
-        _check_hf_dir(path, spec)
-        return InitSource("hf", hf_dir=path, path=str(path), tokenizer=_hf_tokenizer(path, spec))
+        hf_config = _check_hf_dir(path, spec)
+        return InitSource("hf", hf_dir=path, hf_config=hf_config, path=str(path), tokenizer=_hf_tokenizer(path, spec))
     if RUN_ID.match(spec):
         return _from_mlflow_run(spec, tracking_uri, where or tracking_uri)
     raise LitTfError(f"init_from={spec}: no such file or directory, and not an MLflow run id; expected a .ckpt "
                      "written by train.py, a Hugging Face model directory or a 32-hex MLflow run id")
 
 
-def _check_hf_dir(path: Path, spec: str) -> None:
-    """A local HF model dir we can fine-tune: config.json naming a supported encoder, weights, tokenizer.json."""
+def _check_hf_dir(path: Path, spec: str) -> dict:
+    """A local HF model dir we can fine-tune: config.json naming a supported encoder, weights,
+    tokenizer.json. Returns the parsed config.json."""
     from lit_tf.models.hf import SUPPORTED_ARCHITECTURES, architecture_family
 
     config_file = path / "config.json"
@@ -107,18 +110,19 @@ def _check_hf_dir(path: Path, spec: str) -> None:
         raise LitTfError(f"init_from={spec}: {config_file} must hold a JSON object")
     archs = hf_config.get("architectures") or []
     families = {architecture_family(a) for a in archs}
-    if len(archs) != 1 or not families <= {"bert", "xlm"}:
+    if len(archs) != 1 or not families <= set(encoder_families()):
         what = f"architectures {archs}" if archs else "no 'architectures'"
         model_type = f" (model_type {hf_config['model_type']!r})" if hf_config.get("model_type") else ""
-        supported = [a for a in SUPPORTED_ARCHITECTURES if architecture_family(a) in ("bert", "xlm")]
+        supported = [a for a in SUPPORTED_ARCHITECTURES if architecture_family(a) in encoder_families()]
         raise LitTfError(f"init_from={spec}: {config_file} has {what}{model_type}; fine-tuning needs one "
-                         f"BERT or XLM encoder architecture: {', '.join(supported)}")
+                         f"encoder architecture: {', '.join(supported)}")
     weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
     if not any((path / w).is_file() for w in weights):
         raise LitTfError(f"init_from={spec}: no weights in the directory (expected one of {list(weights)})")
     if not (path / "tokenizer.json").is_file():
         raise LitTfError(f"init_from={spec}: no tokenizer.json in the model directory (a fast-tokenizer file "
                          "is needed to tokenize the fine-tuning data)")
+    return hf_config
 
 
 def _hf_tokenizer(path: Path, spec: str) -> Tokenizer:
@@ -133,23 +137,24 @@ def _hf_tokenizer(path: Path, spec: str) -> Tokenizer:
 def build_classifier(init: InitSource, task: str, num_labels: int, model_cfg: dict | None = None,
                      vocab_size: int | None = None, pad_id: int = 0) -> tuple[nn.Module, Tokenizer | None]:
     """A classification model for `task` with the pretrained encoder of `init` (or fresh)."""
-    if init.kind == "hf":
-        from lit_tf.models.hf import import_hf
+    if init.kind == "hf":  # config and tokenizer were read by resolve_init: only the weights are left
+        from lit_tf.models.hf import from_hf, read_state
 
-        model, tok = import_hf(init.hf_dir, task=task, num_labels=num_labels)
-        return model, tok
+        return from_hf(init.hf_config, read_state(init.hf_dir), task=task, num_labels=num_labels), init.tokenizer
     if init.kind == "scratch":
         cfg = dict(model_cfg or {})
         family = cfg.pop("family", "bert")
-        if family not in ("bert", "xlm"):
-            raise LitTfError(f"model.family={family!r}: fine-tuning from scratch needs an encoder (bert or xlm)")
+        spec = FAMILIES.get(family)
+        if spec is None or task not in spec.heads:
+            raise LitTfError(f"model.family={family!r}: fine-tuning ({task}) from scratch needs a family with a "
+                             f"{task} head: {[n for n, s in FAMILIES.items() if task in s.heads]}")
         cfg.update(vocab_size=vocab_size, pad_id=pad_id)
-        config = FAMILIES[family].config.from_dict(cfg)
-        cls, _ = HEADS[(family, task)]
-        return cls(config, num_labels), None
-    cls, attr = HEADS[(init.family, task)]
-    model = cls(init.config, num_labels)
-    getattr(model, attr).load_state_dict(init.encoder.state_dict())
+        return spec.build(task, spec.make_config(cfg), num_labels=num_labels), None
+    spec = FAMILIES[init.family]
+    if task not in spec.heads:
+        raise LitTfError(f"init_from={init.path}: the {init.family!r} family has no {task} head")
+    model = spec.build(task, init.config, num_labels=num_labels)
+    spec.encoder_of(model).load_state_dict(init.encoder.state_dict())
     return model, init.tokenizer
 
 
@@ -158,8 +163,7 @@ def check_max_seq_len(init: InitSource, max_seq_len: int) -> None:
     if init.kind in ("checkpoint", "mlflow_run"):
         limit, source = init.config.max_seq_len, f"the checkpoint's model.max_seq_len={init.config.max_seq_len}"
     elif init.kind == "hf":
-        hf_config = json.loads((init.hf_dir / "config.json").read_text(encoding="utf-8"))
-        limit = hf_config.get("max_position_embeddings")
+        limit = init.hf_config.get("max_position_embeddings")
         source = f"max_position_embeddings={limit} in {init.hf_dir / 'config.json'}"
     else:
         return  # scratch: checked against model.max_seq_len before the run starts

@@ -55,22 +55,15 @@ def transformer_flops_per_token(d_model: int, n_layers: int, d_ff: int, seq_len:
 
 def head_weights_per_token(family: str, cfg: Any, objective: Mapping[str, Any], seq_len: int,
                            num_labels: int | None = None) -> float:
-    """Average matmul weights the heads of a `family` model apply per token under `objective`."""
-    d, V = cfg.d_model, cfg.vocab_size
-    name = objective.get("name")
-    if name == "seq_cls":  # pooler + classifier, once per sequence
-        return (d * d + d * (num_labels or 2)) / seq_len
-    if name == "token_cls":
-        return d * (num_labels or 2)
-    if family == "gpt":
-        return d * V  # tied LM head on every position
-    mlm_head = d * d + d * V  # dense + decoder
-    if family == "xlm" and getattr(cfg, "causal", False):
-        return mlm_head  # CLM: every position predicts
-    weights = float(objective.get("mlm_probability", 0.15)) * mlm_head
-    if objective.get("nsp"):
-        weights += (d * d + 2 * d) / seq_len  # pooler + NSP classifier, once per sequence
-    return weights
+    """Average matmul weights the heads of a `family` model apply per token under `objective`: a
+    fine-tuning task's head (its task spec) or the family's pretraining heads (its family spec)."""
+    from lit_tf.lit.tasks import TASKS
+    from lit_tf.models.families import FAMILIES
+
+    task = TASKS.get(str(objective.get("name")))
+    if task is not None:
+        return task.head_weights(cfg.d_model, num_labels or 2, seq_len)
+    return FAMILIES[family].head_weights(cfg, objective, seq_len)
 
 
 def flops_per_token(family: str, cfg: Any, objective: Mapping[str, Any], seq_len: int,

@@ -12,8 +12,6 @@ from typing import Any
 
 from lit_tf.errors import LitTfError
 
-FINETUNE_TASKS = ("seq_cls", "token_cls")
-
 
 class RunConfigError(LitTfError):
     """A config value that cannot work; the message names the key."""
@@ -32,13 +30,16 @@ def check_run_config(data: Mapping[str, Any], model: Mapping[str, Any], objectiv
     """Batch sizes and sequence lengths, and (when the run builds its model from `model`) the model
     config itself: `n_heads` must divide `d_model`, `data.max_seq_len` must fit `model.max_seq_len`."""
     from lit_tf.lit.build import model_config
+    from lit_tf.lit.tasks import TASKS
+    from lit_tf.models.families import FAMILIES
 
     for key, optional in (("batch_size", False), ("val_batch_size", True), ("max_seq_len", False)):
         _positive_int(data, key, "data", optional)
-    builds_model = objective.get("name") not in FINETUNE_TASKS or not init_from  # else the model comes from init_from
+    builds_model = objective.get("name") not in TASKS or not init_from  # else the model comes from init_from
     if not builds_model:
         return
-    derived = {"n_langs": max(2, len(data.get("languages") or []))} if model.get("family") == "xlm" else {}
+    spec = FAMILIES.get(model.get("family"))
+    derived = spec.derived(objective, list(data.get("languages") or ["l1", "l2"])) if spec else {}
     # the vocabulary size comes from the tokenizer later; any valid one checks the rest of the config
     model_config(model, int(model.get("vocab_size") or 1000), pad_id=0, **derived)
     if int(model["max_seq_len"]) < int(data["max_seq_len"]):

@@ -10,18 +10,15 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
+from lit_tf.models.families import family_of
 from lit_tf.objectives.losses import IGNORE_INDEX, _sum_cross_entropy, masked_accuracy
 from lit_tf.objectives.pretraining import ObjectiveOutput, OneTermObjective
 
 
 def classifier_forward(model: nn.Module, batch: Mapping[str, Tensor]):
-    """Run a BERT or XLM classifier on a batch (XLM takes language ids, BERT segment ids)."""
-    kwargs = {"attention_mask": batch["attention_mask"]}
-    if hasattr(model, "xlm"):  # XLM heads take language ids instead of segment ids
-        kwargs["lang_ids"] = batch["lang_ids"]
-    else:
-        kwargs["token_type_ids"] = batch.get("token_type_ids")
-    return model(batch["input_ids"], **kwargs)
+    """Run a classifier of any family on a batch (with the inputs its family reads: segment or
+    language ids)."""
+    return model(batch["input_ids"], **family_of(model).inputs(batch))
 
 
 class SequenceClassificationObjective(OneTermObjective):

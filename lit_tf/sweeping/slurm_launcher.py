@@ -12,7 +12,7 @@ so no job keeps training for a trial the sweeper has just marked interrupted.
 Preemption and time limits need nothing here. The job's training writes `last.ckpt` at the end of
 the current batch and requeues its own SLURM job (lit_tf.lit.failure); the requeued job runs the
 same pickled submission, with the same output folder, and resumes from that checkpoint in the same
-MLflow run (lit_tf.cli.train.requeued_checkpoint). The interrupted attempt exits without a result
+MLflow run (lit_tf.lit.resume.requeued_checkpoint). The interrupted attempt exits without a result
 file and submitit counts REQUEUED and PENDING as unfinished, so `job.results()` simply waits for
 the attempt that finishes.
 """

@@ -10,7 +10,8 @@ from conftest import CONF
 from omegaconf import OmegaConf
 
 from lit_tf.cli.config_check import ConfigError, check_overrides
-from lit_tf.lit.build import build_model, build_objective
+from lit_tf.lit.build import ObjectiveContext, build_model, build_objective
+from lit_tf.lit.tasks import TASKS
 from lit_tf.lit.init_from import InitSource, build_classifier
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "paths"))
@@ -34,12 +35,12 @@ def test_every_experiment_instantiates(compose, experiment, debug):
     data = OmegaConf.to_container(cfg.data, resolve=True)
     langs = data.get("languages") or []
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    if obj["name"] in ("seq_cls", "token_cls"):  # fine-tuning from scratch (init_from=null)
+    if obj["name"] in TASKS:  # fine-tuning from scratch (init_from=null)
         model, _ = build_classifier(InitSource("scratch"), obj["name"], 3, model_cfg, vocab_size=1000)
     else:
         model = build_model(model_cfg, obj, vocab_size=cfg.data.tokenizer.vocab_size, languages=langs)
     streams = {lang: "mlm" for lang in langs}
-    objective = build_objective(obj, model, streams=streams, n_langs=max(2, len(langs)))
+    objective = build_objective(obj, ObjectiveContext(model=model, streams=streams, n_langs=max(2, len(langs))))
     assert model.num_parameters() > 0 and objective.terms and objective.val_terms
     assert cfg.model.max_seq_len >= cfg.data.max_seq_len
     if debug == "smoke":

@@ -81,7 +81,7 @@ def load_study(tmp: Path, name: str = "smoke") -> optuna.Study:
 
 # ------------------------------------------------------------------ without a cluster
 def test_requeued_checkpoint_is_the_earlier_attempts_own(tmp_path, monkeypatch):
-    from lit_tf.cli.train import requeued_checkpoint
+    from lit_tf.lit.resume import requeued_checkpoint
 
     out = tmp_path / "multirun" / "0"
     (out / "checkpoints").mkdir(parents=True)

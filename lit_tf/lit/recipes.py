@@ -1,0 +1,182 @@
+"""Run assembly: from a composed config to the DataModule, model, objective and LightningModule of a
+pretraining or fine-tuning run (and the Trainer's settings), through the family, task and
+objective tables. `lit_tf.cli.train` only orchestrates what these build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lit_tf.lit.tasks import TASKS
+
+
+@dataclass
+class Built:
+    """What differs between pretraining and fine-tuning runs; the rest of a run is shared."""
+
+    datamodule: Any
+    model: Any
+    objective: Any
+    family: str
+    tokenizer_key: str  # the content digest of the tokenizer.json stored in checkpoints
+    tokenizer_json: str
+    meta: dict = field(default_factory=dict)  # what checkpoints carry to rebuild the model (`checkpoint["lit_tf"]`)
+    module_kwargs: dict = field(default_factory=dict)  # LitModule's evaluation metrics and streams
+    tags: dict = field(default_factory=dict)  # run tags (fine-tuning lineage)
+    task: Any = None  # the fine-tuning task's spec (lit_tf.lit.tasks), None for pretraining
+
+
+def _container(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def build_pretraining(cfg: DictConfig, ckpt_file: Path | None = None, **_: Any) -> Built:
+    """Tokenizer + token shards (prepared once, cached), the family's pretraining model and its objective."""
+    from lit_tf.data.datamodule import build_datamodule
+    from lit_tf.data.tokenizer import PAD
+    from lit_tf.lit.build import ObjectiveContext, build_model, build_objective
+    from lit_tf.lit.checkpoint import resume_tokenizer
+
+    data, objective_cfg = _container(cfg.data), _container(cfg.objective)
+    # A resumed run keeps the tokenizer stored in its checkpoint (shards are keyed by its content).
+    given = (resume_tokenizer(ckpt_file, Path(cfg.paths.cache_dir) / "tokenizers",
+                              (data.get("tokenizer") or {}).get("path"))
+             if ckpt_file is not None else None)
+    dm = build_datamodule(data, objective_cfg, cache_dir=str(cfg.paths.cache_dir), seed=int(cfg.seed), tokenizer=given)
+    tok = dm.prepare()
+    model_cfg = _container(cfg.model)
+    if int(model_cfg.get("max_seq_len", 0)) < int(cfg.data.max_seq_len):
+        raise ValueError(
+            f"data.max_seq_len={cfg.data.max_seq_len} exceeds model.max_seq_len={model_cfg.get('max_seq_len')}"
+        )
+    languages = list(getattr(dm, "languages", []))
+    model = build_model(model_cfg, objective_cfg, tok.vocab_size, pad_id=tok.special_id(PAD), languages=languages)
+    ctx = ObjectiveContext(model=model, streams=dict(getattr(dm, "val_streams", None) or {}),
+                           n_langs=max(2, len(languages)), fused_lm_loss=bool(cfg.speed.fused_lm_loss))
+    objective = build_objective(objective_cfg, ctx)
+    return Built(dm, model, objective, model_cfg["family"], tok.digest[:16], tok.json_text,
+                 meta={"languages": languages}, module_kwargs=pretraining_metrics(objective_cfg))
+
+
+def pretraining_metrics(objective_cfg: dict) -> dict:
+    """The LitModule arguments of a pretraining objective that feeds an evaluation metric."""
+    from lit_tf.lit.build import OBJECTIVES
+
+    spec = OBJECTIVES.get(objective_cfg.get("name"))
+    return {"eval_metrics": spec.metric} if spec is not None and spec.metric is not None else {}
+
+
+def build_finetuning(cfg: DictConfig, ckpt_file: Path | None = None, *, tracking_uri: str = "",
+                     where: str | None = None) -> Built:
+    """The encoder `init_from` names (checkpoint, MLflow run at `tracking_uri`, HF dir) or a fresh
+    one, with the task's head, data, objective and metric."""
+    from lit_tf.data.finetune_module import FineTuneDataModule
+    from lit_tf.data.tokenizer import PAD, TokenizerArtifact, TokenizerSpec, train_tokenizer
+    from lit_tf.lit.checkpoint import check_tokenizer_path, resume_tokenizer
+    from lit_tf.lit.init_from import build_classifier, check_max_seq_len, resolve_init
+
+    task = TASKS[cfg.objective.name]
+    data = _container(cfg.data)
+    given_path = (data.get("tokenizer") or {}).get("path")  # data.tokenizer.path
+    init = resolve_init(cfg.get("init_from"), tracking_uri, where)
+    check_max_seq_len(init, int(data["max_seq_len"]))
+    tokenizer = init.tokenizer  # the encoder's own (checkpoint, MLflow run, HF dir), or None from scratch
+    if tokenizer is not None:  # the encoder's own vocabulary: data.tokenizer.path may only name it again
+        check_tokenizer_path(given_path, tokenizer.to_str(), f"init_from={init.path}",
+                             "a pretrained encoder keeps its vocabulary: drop data.tokenizer.path")
+    if ckpt_file is not None:  # a resumed run keeps the tokenizer stored in its checkpoint
+        tokenizer = resume_tokenizer(ckpt_file, Path(cfg.paths.cache_dir) / "tokenizers", given_path).tokenizer
+    if tokenizer is None and given_path:  # scratch baseline on a tokenizer the user brings
+        tokenizer = TokenizerArtifact.load(given_path).tokenizer
+    langs = init.languages or []
+    dm = FineTuneDataModule(data, task.data, tokenizer, lang_ids={lg: i for i, lg in enumerate(langs)} if langs else None,
+                            seed=int(cfg.seed))
+    if tokenizer is None:  # scratch baseline: a tokenizer trained on the fine-tuning text
+        dm.tok = tokenizer = train_tokenizer(TokenizerSpec.from_config(data.get("tokenizer") or {}),
+                                             dm.tokenizer_texts())
+    dm.setup()
+    labels = list(dm.labels.names)
+    model, _ = build_classifier(init, task.name, len(labels), _container(cfg.model),
+                                vocab_size=tokenizer.get_vocab_size(), pad_id=tokenizer.token_to_id(PAD) or 0)
+    from lit_tf.models.families import family_of
+
+    tok_json = tokenizer.to_str()
+    tags = {"init_from": str(cfg.get("init_from") or "scratch"), "init_kind": init.kind}
+    if init.parent_run_id:
+        tags["lit_tf.parent_run_id"] = init.parent_run_id  # lineage: the pretraining run
+        tags["mlflow.parentRunId"] = init.parent_run_id
+    return Built(dm, model, task.objective(), family_of(model).name, hashlib.sha256(tok_json.encode()).hexdigest()[:16],
+                 tok_json, meta={"task": task.name, "labels": labels, "languages": langs,
+                                 "scheme": str(data.get("scheme", "IOB2"))},
+                 module_kwargs={"eval_metrics": lambda: task.metric(labels, data), "val_streams": dm.val_streams,
+                                "test_streams": dm.test_streams},
+                 tags=tags, task=task)
+
+
+def build_run(cfg: DictConfig, ckpt_file: Path | None = None, **kwargs: Any) -> Built:
+    """A fine-tuning run when `objective.name` is a task of the task table, else pretraining."""
+    build = build_finetuning if cfg.objective.name in TASKS else build_pretraining
+    return build(cfg, ckpt_file, **kwargs)
+
+
+def trainer_settings(cfg: DictConfig, built: Built) -> tuple[dict, str]:
+    """Lightning Trainer kwargs from `trainer` (parallel strategy from the family's block;
+    activation checkpointing and compile applied to the model in place) and the non-finite mode."""
+    from lit_tf.lit.parallel import apply_activation_checkpointing, build_strategy
+    from lit_tf.models.families import FAMILIES
+
+    trainer_cfg = _container(cfg.trainer)
+    # lit_tf's keys under trainer:, not Lightning's
+    nonfinite = str(trainer_cfg.pop("nonfinite", None) or "stop")
+    act_ckpt, fsdp_opts = bool(trainer_cfg.pop("activation_checkpointing", False)), trainer_cfg.pop("fsdp", None)
+    block = FAMILIES[built.family].block
+    trainer_cfg["strategy"] = build_strategy(trainer_cfg.get("strategy", "auto"), fsdp_opts, block)
+    if act_ckpt:
+        apply_activation_checkpointing(built.model, block)
+    if cfg.speed.compile:
+        built.model.compile()  # in place: parameter names and checkpoints stay the same
+    return trainer_cfg, nonfinite
+
+
+def build_module(cfg: DictConfig, built: Built):
+    """The LitModule training `built` with the `optim` config; its checkpoints carry `built.meta`."""
+    from lit_tf import __version__
+    from lit_tf.lit.module import LitModule
+
+    built.meta.update(family=built.family, model_config=built.model.cfg.to_dict(), objective=_container(cfg.objective),
+                      tokenizer_key=built.tokenizer_key, tokenizer_json=built.tokenizer_json, lit_tf_version=__version__)
+    optim = cfg.optim
+    return LitModule(
+        built.model, built.objective, hydra.utils.instantiate(optim.optimizer),
+        weight_decay=float(optim.weight_decay), schedule=str(optim.schedule),
+        warmup_steps=optim.get("warmup_steps"), warmup_ratio=float(optim.get("warmup_ratio") or 0.0),
+        min_lr_ratio=float(optim.get("min_lr_ratio") or 0.0), meta=built.meta, **built.module_kwargs,
+    )
+
+
+def instantiate_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list:
+    """The callbacks the `callbacks` config group names (checkpoints written to `ckpt_dir`)."""
+    callbacks = []
+    for name, cb_cfg in (cfg.get("callbacks") or {}).items():
+        if cb_cfg is None or "_target_" not in cb_cfg:
+            continue
+        kwargs = {"dirpath": str(ckpt_dir)} if name in ("model_checkpoint", "last_checkpoint") else {}
+        callbacks.append(hydra.utils.instantiate(cb_cfg, **kwargs))
+    return callbacks
+
+
+def final_metrics(trainer) -> dict[str, float]:
+    """The trainer's last logged metrics as floats."""
+    out = {}
+    for k, v in trainer.callback_metrics.items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out

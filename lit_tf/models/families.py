@@ -1,0 +1,179 @@
+"""One entry per model family: everything the rest of lit_tf needs to know about it.
+
+`FAMILIES` is an explicit table (no registry filled by imports). Code that needs to know a family
+asks its spec: how to build its config and its models (pretraining, bare encoder, a head per
+fine-tuning task), where the encoder sits in those models, whether it reads language ids, which
+block is the unit of FSDP wrapping and activation checkpointing, its HF mapping, and how a
+checkpoint's metadata rebuilds its pretraining model. Adding a family is its model file, its HF
+mapping module, one entry here, its objective and its YAML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from lit_tf.models.bert import (
+    BertBlock,
+    BertConfig,
+    BertForPreTraining,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
+from lit_tf.models.gpt import GPTBlock, GPTConfig, GPTForCausalLM, GPTModel
+from lit_tf.models.hf import bert as hf_bert
+from lit_tf.models.hf import gpt as hf_gpt
+from lit_tf.models.hf import xlm as hf_xlm
+from lit_tf.models.hf.core import HFMapping
+from lit_tf.models.xlm import (
+    XLMConfig,
+    XLMForPreTraining,
+    XLMForSequenceClassification,
+    XLMForTokenClassification,
+    XLMModel,
+)
+
+
+def _no_derived(objective: Mapping[str, Any], languages: Sequence[str]) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What lit_tf knows about one model family; see the module docstring."""
+
+    name: str
+    config: type  # its config dataclass (with `from_dict` / `to_dict`)
+    encoder: type  # the bare backbone, e.g. BertModel
+    encoder_attr: str  # the attribute of its pretraining and head models that holds the encoder
+    # its pretraining models by task name (the HF mapping's names), e.g. {"pretraining": MLM+NSP, "mlm": MLM}
+    pretraining: Mapping[str, Callable[[Any], nn.Module]]
+    pretraining_class: type  # the class every pretraining variant is an instance of
+    objectives: tuple[str, ...]  # the pretraining objectives (`objective.name`) that train it
+    heads: Mapping[str, type] = field(default_factory=dict)  # fine-tuning task -> head model class
+    block: type = nn.Module  # its transformer block: the unit of FSDP wrapping and activation checkpointing
+    lang_ids: bool = False  # its forward reads language ids (`lang_ids`) instead of segment ids
+    causal_lm: bool = False  # a causal LM: it generates text
+    hf: HFMapping | None = None  # its HF correspondence (lit_tf.models.hf.<family>)
+    # the pretraining variant an objective config trains (checkpoint metadata keeps that config)
+    variant: Callable[[Mapping[str, Any]], str] | None = None
+    # the variant name of a built pretraining model (when a family has several)
+    variant_of: Callable[[nn.Module], str] | None = None
+    # config fields the data decides: (objective config, languages) -> {field: value}
+    derived: Callable[[Mapping[str, Any], Sequence[str]], dict[str, Any]] = _no_derived
+    # matmul weights its pretraining heads apply per token on average, (config, objective config,
+    # sequence length) -> weights (MFU's FLOPs count: lit_tf.lit.perf)
+    head_weights: Callable[[Any, Mapping[str, Any], int], float] = lambda cfg, objective, seq_len: 0.0
+
+    # ------------------------------------------------------------------ building
+    def make_config(self, fields: Mapping[str, Any]):
+        return self.config.from_dict(dict(fields))
+
+    def pretraining_model(self, cfg: Any, objective: Mapping[str, Any]) -> nn.Module:
+        """The pretraining model an objective config trains (also how a checkpoint is rebuilt:
+        its metadata keeps the objective config)."""
+        name = self.variant(objective) if self.variant else next(iter(self.pretraining))
+        return self.pretraining[name](cfg)
+
+    def build(self, task: str, cfg: Any, num_labels: int | None = None,
+              classifier_dropout: float | None = None) -> nn.Module:
+        """The model for `task`: "encoder", a pretraining variant, or a fine-tuning head."""
+        if task == "encoder":
+            return self.encoder(cfg)
+        if task in self.pretraining:
+            return self.pretraining[task](cfg)
+        if task in self.heads:
+            return self.heads[task](cfg, num_labels, classifier_dropout=classifier_dropout)
+        raise ValueError(f"the {self.name!r} family has no {task!r} model; it has "
+                         f"{['encoder', *self.pretraining, *self.heads]}")
+
+    # ------------------------------------------------------------------ reading models
+    def task_of(self, model: nn.Module) -> str | None:
+        """The task name of one of this family's models, or None when it is not one of them."""
+        if isinstance(model, self.encoder):
+            return "encoder"
+        for task, cls in self.heads.items():
+            if isinstance(model, cls):
+                return task
+        if isinstance(model, self.pretraining_class):
+            return self.variant_of(model) if self.variant_of else next(iter(self.pretraining))
+        return None
+
+    def encoder_of(self, model: nn.Module) -> nn.Module:
+        """The encoder inside one of this family's models (the model itself when it is bare)."""
+        return model if isinstance(model, self.encoder) else getattr(model, self.encoder_attr)
+
+    def inputs(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor | None]:
+        """The keyword inputs besides `input_ids` its models take from a fine-tuning batch."""
+        side = {"lang_ids": batch.get("lang_ids")} if self.lang_ids else {"token_type_ids": batch.get("token_type_ids")}
+        return {"attention_mask": batch.get("attention_mask"), **side}
+
+
+def _bert_variant(objective: Mapping[str, Any]) -> str:
+    return "pretraining" if objective.get("nsp") else "mlm"
+
+
+def _mlm_head_weights(cfg: Any, objective: Mapping[str, Any], seq_len: int) -> float:
+    """BERT's MLM head (dense + decoder) on the masked share of tokens, + the NSP pooler per sequence."""
+    mlm_head = cfg.d_model * cfg.d_model + cfg.d_model * cfg.vocab_size
+    if getattr(cfg, "causal", False):
+        return mlm_head  # CLM (XLM's causal variant): every position predicts
+    weights = float(objective.get("mlm_probability", 0.15)) * mlm_head
+    if objective.get("nsp"):
+        weights += (cfg.d_model * cfg.d_model + 2 * cfg.d_model) / seq_len  # pooler + NSP, once per sequence
+    return weights
+
+
+def _xlm_derived(objective: Mapping[str, Any], languages: Sequence[str]) -> dict[str, Any]:
+    # the data decides the language count and whether attention is causal
+    return {"n_langs": max(1, len(languages)), "causal": objective.get("mono_term", "mlm") == "clm"}
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    "bert": FamilySpec(
+        name="bert", config=BertConfig, encoder=BertModel, encoder_attr="bert",
+        pretraining={"pretraining": lambda c: BertForPreTraining(c, nsp=True),
+                     "mlm": lambda c: BertForPreTraining(c, nsp=False)},
+        pretraining_class=BertForPreTraining, objectives=("mlm", "mlm_nsp"),
+        heads={"seq_cls": BertForSequenceClassification, "token_cls": BertForTokenClassification},
+        block=BertBlock, hf=hf_bert.MAPPING, variant=_bert_variant,
+        variant_of=lambda m: "pretraining" if m.nsp_head is not None else "mlm", head_weights=_mlm_head_weights,
+    ),
+    "gpt": FamilySpec(
+        name="gpt", config=GPTConfig, encoder=GPTModel, encoder_attr="transformer",
+        pretraining={"clm": GPTForCausalLM}, pretraining_class=GPTForCausalLM, objectives=("clm",),
+        block=GPTBlock, causal_lm=True, hf=hf_gpt.MAPPING,
+        head_weights=lambda cfg, objective, seq_len: cfg.d_model * cfg.vocab_size,  # tied LM head on every position
+    ),
+    "xlm": FamilySpec(
+        name="xlm", config=XLMConfig, encoder=XLMModel, encoder_attr="xlm",
+        pretraining={"pretraining": XLMForPreTraining}, pretraining_class=XLMForPreTraining, objectives=("xlm",),
+        heads={"seq_cls": XLMForSequenceClassification, "token_cls": XLMForTokenClassification},
+        block=BertBlock,  # XLM stacks BERT's post-LN block
+        lang_ids=True, hf=hf_xlm.MAPPING, derived=_xlm_derived, head_weights=_mlm_head_weights,
+    ),
+}
+
+
+def family(name: Any, key: str = "model.family") -> FamilySpec:
+    """The spec of family `name`; a ValueError naming `key` and the known families otherwise."""
+    if name not in FAMILIES:
+        raise ValueError(f"{key}={name!r} is not one of {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def family_of(model: nn.Module) -> FamilySpec:
+    """The spec of the family a built model belongs to."""
+    for spec in FAMILIES.values():
+        if spec.task_of(model) is not None:
+            return spec
+    raise TypeError(f"{type(model).__name__} is not a model of any lit_tf family ({sorted(FAMILIES)})")
+
+
+def encoder_families() -> list[str]:
+    """The families that can be fine-tuned (those with heads)."""
+    return [name for name, spec in FAMILIES.items() if spec.heads]
