@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> None:
 
     with user_errors():  # a missing or foreign checkpoint: one `error:` line
         loaded = load_checkpoint(args["ckpt"])
-    if loaded.meta.get("task") not in ("seq_cls", "token_cls"):
+    from lit_tf.lit.tasks import TASKS
+
+    if loaded.meta.get("task") not in TASKS:
         raise SystemExit(f"error: {args['ckpt']} is not a fine-tuned classifier (task={loaded.meta.get('task')})")
     if "file" in args:
         path = Path(args["file"])

@@ -137,7 +137,7 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     if run_end is not None:
         run_end.preemption = preemption
     extra = [NonFiniteGuard(nonfinite), preemption, replicas, throughput, *([DatasetInputs()] if logger else []),
-             *([pruning] if pruning else []), *callbacks]
+             *([pruning] if pruning else []), *built.callbacks, *callbacks]
     trainer = L.Trainer(**trainer_cfg, logger=logger or False, plugins=[AtomicCheckpointIO()],
                         callbacks=recipes.instantiate_callbacks(cfg, ckpt_dir) + extra, default_root_dir=str(out_dir))
     with safe_loading():  # Lightning's own checkpoint loads are weights-only too
@@ -150,6 +150,8 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
     last = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
     metrics = {**recipes.final_metrics(trainer), **throughput.summary(module.device), "allocator": allocator.in_use()}
+    for cb in built.callbacks:  # figures a recipe's callbacks measured once (e.g. the teacher's accuracy)
+        metrics.update(getattr(cb, "metrics", {}))
     if logger is not None:
         tracked.tag_speed_basis(logger, metrics, throughput, replicas.result if trainer.is_global_zero else None)
     if pruning is not None and pruning.pruned_step is not None:

@@ -83,14 +83,16 @@ class PretrainDataModule(StreamDataModule):
         max_steps: length of the training stream (-1: one pass over the data per epoch).
         tokenizer: use this tokenizer (e.g. the one stored in a checkpoint being resumed) instead
             of `data.tokenizer`: nothing is trained or looked up by settings.
+        causal: serve causal-LM blocks (labels = the inputs) instead of masked-LM batches.
     """
 
     def __init__(
         self, data: Mapping, objective: Mapping, *, cache_dir: str, seed: int = 0,
         accumulate_grad_batches: int = 1, max_steps: int = -1, tokenizer: TokenizerArtifact | None = None,
+        causal: bool = False,
     ) -> None:
         super().__init__()
-        self.cfg, self.obj = dict(data), dict(objective)
+        self.cfg, self.obj, self._causal = dict(data), dict(objective), bool(causal)
         self.cache_dir, self.seed = Path(cache_dir), int(seed)
         self.accumulate, self.max_steps = int(accumulate_grad_batches), int(max_steps)
         self.sources = CorpusSources.from_config(self.cfg)
@@ -163,7 +165,7 @@ class PretrainDataModule(StreamDataModule):
 
     @property
     def causal(self) -> bool:
-        return self.obj.get("name") == "clm"
+        return self._causal
 
     def _dataset(self, shard: TokenShard, seed: int):
         tok = self.tokenizer
@@ -217,12 +219,16 @@ class PretrainDataModule(StreamDataModule):
         return DataLoader(self.val_set, batch_sampler=sampler, **self.loader_kwargs(self.collator()))
 
 
-def build_datamodule(data: Mapping, objective: Mapping, **kwargs: Any) -> L.LightningDataModule:
-    """The DataModule for an objective: cross-lingual streams for `xlm`, one corpus otherwise."""
-    if objective.get("name") == "xlm":
+def build_datamodule(data: Mapping, objective: Mapping, kind: str = "masked", **kwargs: Any) -> L.LightningDataModule:
+    """The DataModule an objective reads (`kind`, named by its entry in lit_tf.lit.build.OBJECTIVES):
+    "crosslingual" streams, or one corpus served as "masked" or "causal" LM batches."""
+    if kind == "crosslingual":
         from lit_tf.data.crosslingual import CrossLingualDataModule
 
         return CrossLingualDataModule(data, objective, **kwargs)
+    if kind not in ("masked", "causal"):
+        raise ValueError(f"unknown pretraining data kind {kind!r}: expected masked, causal or crosslingual")
+    kwargs["causal"] = kind == "causal"
     if data.get("languages"):
         raise ValueError(f"data={data.get('name')!r} is a multilingual corpus: it needs objective=mlm_tlm (or another xlm objective)")
     return PretrainDataModule(data, objective, **kwargs)

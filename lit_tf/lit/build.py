@@ -53,6 +53,7 @@ class ObjectiveSpec:
     """A pretraining objective: how to build it, and the evaluation metric it feeds (if any)."""
 
     build: Callable[[Mapping[str, Any], ObjectiveContext], Any]
+    data: str = "masked"  # the batches it reads (lit_tf.data.datamodule.build_datamodule): masked, causal, crosslingual
     metric: Callable[[], nn.Module] | None = None  # fed with the objective's `predictions` at validation
 
 
@@ -60,8 +61,8 @@ class ObjectiveSpec:
 OBJECTIVES: dict[str, ObjectiveSpec] = {
     "mlm": ObjectiveSpec(_masked_lm),
     "mlm_nsp": ObjectiveSpec(_masked_lm),
-    "clm": ObjectiveSpec(lambda cfg, ctx: CausalLMObjective(fused_loss=ctx.fused_lm_loss)),
-    "xlm": ObjectiveSpec(_cross_lingual),
+    "clm": ObjectiveSpec(lambda cfg, ctx: CausalLMObjective(fused_loss=ctx.fused_lm_loss), data="causal"),
+    "xlm": ObjectiveSpec(_cross_lingual, data="crosslingual"),
 }
 
 

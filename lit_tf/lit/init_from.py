@@ -27,6 +27,7 @@ from lit_tf.data.tokenizer import parse_tokenizer
 from lit_tf.errors import CheckpointError, LitTfError
 from lit_tf.lit.checkpoint import load_checkpoint
 from lit_tf.models.families import FAMILIES, encoder_families
+from lit_tf.models.hf import architecture_family
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -43,19 +44,23 @@ class InitSource:
     hf_dir: Path | None = None
     hf_config: dict | None = None  # the HF dir's config.json, read once
     path: str | None = None
+    model: nn.Module | None = None  # the whole model of a lit_tf checkpoint (a distillation teacher)
+    meta: dict | None = None  # that checkpoint's metadata (task, labels, ...)
 
 
-def _from_checkpoint(path: str | Path, kind: str = "checkpoint", parent: str | None = None) -> InitSource:
-    loaded = load_checkpoint(path, key="init_from")
+def _from_checkpoint(path: str | Path, kind: str = "checkpoint", parent: str | None = None,
+                     key: str = "init_from") -> InitSource:
+    loaded = load_checkpoint(path, key=key)
     family = loaded.meta["family"]
     if family not in encoder_families():
-        raise CheckpointError(f"init_from={path}: a {family!r} model cannot be fine-tuned for classification; "
+        raise CheckpointError(f"{key}={path}: a {family!r} model cannot be fine-tuned for classification; "
                               f"use an encoder checkpoint ({', '.join(encoder_families())})")
     return InitSource(kind, family, loaded.model.cfg, FAMILIES[family].encoder_of(loaded.model), loaded.tokenizer,
-                      list(loaded.meta.get("languages") or []), parent, path=str(path))
+                      list(loaded.meta.get("languages") or []), parent, path=str(path), model=loaded.model,
+                      meta=loaded.meta)
 
 
-def _from_mlflow_run(run_id: str, tracking_uri: str, where: str) -> InitSource:
+def _from_mlflow_run(run_id: str, tracking_uri: str, where: str, key: str = "init_from") -> InitSource:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -64,74 +69,76 @@ def _from_mlflow_run(run_id: str, tracking_uri: str, where: str) -> InitSource:
         client.get_run(run_id)
     except MlflowException as e:
         if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # e.g. the server went away: say that, not "no such run"
-            raise LitTfError(f"init_from={run_id}: could not read the run from {where} ({e.message[:300]})") from e
-        raise LitTfError(f"init_from={run_id}: no such MLflow run in {where}") from e
+            raise LitTfError(f"{key}={run_id}: could not read the run from {where} ({e.message[:300]})") from e
+        raise LitTfError(f"{key}={run_id}: no such MLflow run in {where}") from e
     ckpts = [f.path for f in client.list_artifacts(run_id, "checkpoints") if f.path.endswith(".ckpt")]
     if not ckpts:
-        raise LitTfError(f"init_from={run_id}: that run logged no checkpoint artifact (logger.mlflow.log_checkpoint)")
+        raise LitTfError(f"{key}={run_id}: that run logged no checkpoint artifact (logger.mlflow.log_checkpoint)")
     # loaded into memory, then the downloaded copy goes (a temp dir per fine-tuning run used to stay behind)
     with tempfile.TemporaryDirectory(prefix="lit_tf_init_") as tmp:
-        init = _from_checkpoint(client.download_artifacts(run_id, ckpts[0], tmp), "mlflow_run", parent=run_id)
+        init = _from_checkpoint(client.download_artifacts(run_id, ckpts[0], tmp), "mlflow_run", parent=run_id, key=key)
     init.path = f"runs:/{run_id}/{ckpts[0]}"
     return init
 
 
-def resolve_init(init_from: str | None, tracking_uri: str, where: str | None = None) -> InitSource:
+def resolve_init(init_from: str | None, tracking_uri: str, where: str | None = None, key: str = "init_from") -> InitSource:
     """Where fine-tuning starts; an MLflow run id is looked up at `tracking_uri` (`where`: how to
-    name that store in errors, e.g. its folder or server URL)."""
+    name that store in errors, e.g. its folder or server URL; `key`: the setting, in errors)."""
     if not init_from:
         return InitSource("scratch")
     spec = str(init_from)
     path = Path(spec).expanduser()
     if path.is_file():
-        return _from_checkpoint(path)
+        return _from_checkpoint(path, key=key)
     if path.is_dir():
-        hf_config = _check_hf_dir(path, spec)
-        return InitSource("hf", hf_dir=path, hf_config=hf_config, path=str(path), tokenizer=_hf_tokenizer(path, spec))
+        hf_config = _check_hf_dir(path, spec, key)
+        family = architecture_family(hf_config["architectures"][0])
+        return InitSource("hf", family=family, hf_dir=path, hf_config=hf_config, path=str(path),
+                          tokenizer=_hf_tokenizer(path, spec, key))
     if RUN_ID.match(spec):
-        return _from_mlflow_run(spec, tracking_uri, where or tracking_uri)
-    raise LitTfError(f"init_from={spec}: no such file or directory, and not an MLflow run id; expected a .ckpt "
+        return _from_mlflow_run(spec, tracking_uri, where or tracking_uri, key)
+    raise LitTfError(f"{key}={spec}: no such file or directory, and not an MLflow run id; expected a .ckpt "
                      "written by train.py, a Hugging Face model directory or a 32-hex MLflow run id")
 
 
-def _check_hf_dir(path: Path, spec: str) -> dict:
+def _check_hf_dir(path: Path, spec: str, key: str = "init_from") -> dict:
     """A local HF model dir we can fine-tune: config.json naming a supported encoder, weights,
     tokenizer.json. Returns the parsed config.json."""
-    from lit_tf.models.hf import SUPPORTED_ARCHITECTURES, architecture_family
+    from lit_tf.models.hf import SUPPORTED_ARCHITECTURES
 
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise LitTfError(f"init_from={spec}: a directory needs config.json (a Hugging Face model dir)")
+        raise LitTfError(f"{key}={spec}: a directory needs config.json (a Hugging Face model dir)")
     try:
         hf_config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LitTfError(f"init_from={spec}: {config_file} is not valid JSON ({e})") from None
+        raise LitTfError(f"{key}={spec}: {config_file} is not valid JSON ({e})") from None
     if not isinstance(hf_config, dict):
-        raise LitTfError(f"init_from={spec}: {config_file} must hold a JSON object")
+        raise LitTfError(f"{key}={spec}: {config_file} must hold a JSON object")
     archs = hf_config.get("architectures") or []
     families = {architecture_family(a) for a in archs}
     if len(archs) != 1 or not families <= set(encoder_families()):
         what = f"architectures {archs}" if archs else "no 'architectures'"
         model_type = f" (model_type {hf_config['model_type']!r})" if hf_config.get("model_type") else ""
         supported = [a for a in SUPPORTED_ARCHITECTURES if architecture_family(a) in encoder_families()]
-        raise LitTfError(f"init_from={spec}: {config_file} has {what}{model_type}; fine-tuning needs one "
+        raise LitTfError(f"{key}={spec}: {config_file} has {what}{model_type}; fine-tuning needs one "
                          f"encoder architecture: {', '.join(supported)}")
     weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
     if not any((path / w).is_file() for w in weights):
-        raise LitTfError(f"init_from={spec}: no weights in the directory (expected one of {list(weights)})")
+        raise LitTfError(f"{key}={spec}: no weights in the directory (expected one of {list(weights)})")
     if not (path / "tokenizer.json").is_file():
-        raise LitTfError(f"init_from={spec}: no tokenizer.json in the model directory (a fast-tokenizer file "
+        raise LitTfError(f"{key}={spec}: no tokenizer.json in the model directory (a fast-tokenizer file "
                          "is needed to tokenize the fine-tuning data)")
     return hf_config
 
 
-def _hf_tokenizer(path: Path, spec: str) -> Tokenizer:
+def _hf_tokenizer(path: Path, spec: str, key: str = "init_from") -> Tokenizer:
     """The HF dir's tokenizer.json (its own padding/truncation off), read without loading the weights."""
     tj = path / "tokenizer.json"
     try:
         return parse_tokenizer(tj.read_text(encoding="utf-8"))
     except Exception as e:  # tokenizers raises a bare Exception for a malformed file
-        raise LitTfError(f"init_from={spec}: {tj} is not a readable tokenizer.json ({e})") from None
+        raise LitTfError(f"{key}={spec}: {tj} is not a readable tokenizer.json ({e})") from None
 
 
 def build_classifier(init: InitSource, task: str, num_labels: int, model_cfg: dict | None = None,

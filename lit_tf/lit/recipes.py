@@ -13,6 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from lit_tf.errors import LitTfError
 from lit_tf.lit.tasks import TASKS
 
 
@@ -28,27 +29,47 @@ class Built:
     tokenizer_json: str
     meta: dict = field(default_factory=dict)  # what checkpoints carry to rebuild the model (`checkpoint["lit_tf"]`)
     module_kwargs: dict = field(default_factory=dict)  # LitModule's evaluation metrics and streams
-    tags: dict = field(default_factory=dict)  # run tags (fine-tuning lineage)
+    tags: dict = field(default_factory=dict)  # run tags (fine-tuning lineage, the distillation teacher)
     task: Any = None  # the fine-tuning task's spec (lit_tf.lit.tasks), None for pretraining
+    callbacks: list = field(default_factory=list)  # callbacks the run's recipe adds (the teacher's accuracy)
 
 
 def _container(node) -> dict:
     return OmegaConf.to_container(node, resolve=True)
 
 
-def build_pretraining(cfg: DictConfig, ckpt_file: Path | None = None, **_: Any) -> Built:
-    """Tokenizer + token shards (prepared once, cached), the family's pretraining model and its objective."""
+def _distill_cfg(cfg: DictConfig) -> dict | None:
+    node = cfg.get("distill")
+    return _container(node) if node else None
+
+
+def build_pretraining(cfg: DictConfig, ckpt_file: Path | None = None, *, tracking_uri: str = "",
+                      where: str | None = None) -> Built:
+    """Tokenizer + token shards (prepared once, cached), the family's pretraining model and its
+    objective; with `distill`, a student learning from the teacher's masked-LM (lit_tf.lit.distill)."""
     from lit_tf.data.datamodule import build_datamodule
-    from lit_tf.data.tokenizer import PAD
-    from lit_tf.lit.build import ObjectiveContext, build_model, build_objective
+    from lit_tf.data.tokenizer import PAD, materialize_tokenizer
+    from lit_tf.lit import distill
+    from lit_tf.lit.build import OBJECTIVES, ObjectiveContext, build_model, build_objective
     from lit_tf.lit.checkpoint import resume_tokenizer
 
-    data, objective_cfg = _container(cfg.data), _container(cfg.objective)
+    data, objective_cfg, dcfg = _container(cfg.data), _container(cfg.objective), _distill_cfg(cfg)
+    tokenizers_dir = Path(cfg.paths.cache_dir) / "tokenizers"
     # A resumed run keeps the tokenizer stored in its checkpoint (shards are keyed by its content).
-    given = (resume_tokenizer(ckpt_file, Path(cfg.paths.cache_dir) / "tokenizers",
-                              (data.get("tokenizer") or {}).get("path"))
+    given = (resume_tokenizer(ckpt_file, tokenizers_dir, (data.get("tokenizer") or {}).get("path"))
              if ckpt_file is not None else None)
-    dm = build_datamodule(data, objective_cfg, cache_dir=str(cfg.paths.cache_dir), seed=int(cfg.seed), tokenizer=given)
+    teacher = None
+    if dcfg:
+        if objective_cfg.get("name") != "mlm":
+            raise ValueError(f"distill: pretraining distillation trains objective=mlm, not {objective_cfg.get('name')!r}")
+        teacher = distill.load_teacher(dcfg, "mlm", None, tracking_uri, where)
+        given = given or materialize_tokenizer(teacher.tokenizer.to_str(), tokenizers_dir)  # the teacher's vocabulary
+    spec = OBJECTIVES.get(objective_cfg.get("name"))
+    if spec is None:
+        raise ValueError(f"objective.name={objective_cfg.get('name')!r} is not one of {sorted(OBJECTIVES)} "
+                         f"(pretraining) or {sorted(TASKS)} (fine-tuning)")
+    dm = build_datamodule(data, objective_cfg, spec.data, cache_dir=str(cfg.paths.cache_dir), seed=int(cfg.seed),
+                          tokenizer=given)
     tok = dm.prepare()
     model_cfg = _container(cfg.model)
     if int(model_cfg.get("max_seq_len", 0)) < int(cfg.data.max_seq_len):
@@ -56,12 +77,27 @@ def build_pretraining(cfg: DictConfig, ckpt_file: Path | None = None, **_: Any) 
             f"data.max_seq_len={cfg.data.max_seq_len} exceeds model.max_seq_len={model_cfg.get('max_seq_len')}"
         )
     languages = list(getattr(dm, "languages", []))
+    if teacher is not None:
+        model_cfg = distill.student_config(dcfg, teacher, model_cfg)
     model = build_model(model_cfg, objective_cfg, tok.vocab_size, pad_id=tok.special_id(PAD), languages=languages)
     ctx = ObjectiveContext(model=model, streams=dict(getattr(dm, "val_streams", None) or {}),
                            n_langs=max(2, len(languages)), fused_lm_loss=bool(cfg.speed.fused_lm_loss))
-    objective = build_objective(objective_cfg, ctx)
-    return Built(dm, model, objective, model_cfg["family"], tok.digest[:16], tok.json_text,
-                 meta={"languages": languages}, module_kwargs=pretraining_metrics(objective_cfg))
+    built = Built(dm, model, build_objective(objective_cfg, ctx), model_cfg["family"], tok.digest[:16], tok.json_text,
+                  meta={"languages": languages}, module_kwargs=pretraining_metrics(objective_cfg))
+    if teacher is not None:
+        _distil(built, dcfg, teacher, "mlm", initialise=ckpt_file is None)
+    return built
+
+
+def _distil(built: Built, dcfg: dict, teacher, kind: str, initialise: bool) -> None:
+    """Replace the run's objective by distillation from `teacher` (copying it into the student first
+    when `initialise`: not when resuming, whose weights come from the checkpoint)."""
+    from lit_tf.lit import distill
+
+    built.objective = distill.objective({**dcfg, "init_from_teacher": initialise and dcfg.get("init_from_teacher")},
+                                        teacher, built.model, kind)
+    built.tags.update(distill.tags(teacher, built.model))
+    built.callbacks.append(distill.TeacherAccuracy(built.objective, kind))
 
 
 def pretraining_metrics(objective_cfg: dict) -> dict:
@@ -77,16 +113,25 @@ def build_finetuning(cfg: DictConfig, ckpt_file: Path | None = None, *, tracking
     """The encoder `init_from` names (checkpoint, MLflow run at `tracking_uri`, HF dir) or a fresh
     one, with the task's head, data, objective and metric."""
     from lit_tf.data.finetune_module import FineTuneDataModule
-    from lit_tf.data.tokenizer import PAD, TokenizerArtifact, TokenizerSpec, train_tokenizer
+    from lit_tf.data.tokenizer import PAD, TokenizerArtifact, TokenizerSpec, same_tokenizer, train_tokenizer
+    from lit_tf.lit import distill
     from lit_tf.lit.checkpoint import check_tokenizer_path, resume_tokenizer
     from lit_tf.lit.init_from import build_classifier, check_max_seq_len, resolve_init
 
     task = TASKS[cfg.objective.name]
-    data = _container(cfg.data)
+    data, dcfg = _container(cfg.data), _distill_cfg(cfg)
     given_path = (data.get("tokenizer") or {}).get("path")  # data.tokenizer.path
     init = resolve_init(cfg.get("init_from"), tracking_uri, where)
     check_max_seq_len(init, int(data["max_seq_len"]))
     tokenizer = init.tokenizer  # the encoder's own (checkpoint, MLflow run, HF dir), or None from scratch
+    teacher = distill.load_teacher(dcfg, "cls", task.name, tracking_uri, where) if dcfg else None
+    if teacher is not None:  # the student reads the teacher's input ids
+        check_tokenizer_path(given_path, teacher.tokenizer.to_str(), f"distill.teacher={teacher.source.path}",
+                             "the student reads the teacher's vocabulary: drop data.tokenizer.path")
+        if tokenizer is not None and not same_tokenizer(tokenizer.to_str(), teacher.tokenizer.to_str()):
+            raise LitTfError(f"init_from={init.path} and distill.teacher={teacher.source.path} have different "
+                             "tokenizers: the student must read the teacher's input ids")
+        tokenizer = teacher.tokenizer
     if tokenizer is not None:  # the encoder's own vocabulary: data.tokenizer.path may only name it again
         check_tokenizer_path(given_path, tokenizer.to_str(), f"init_from={init.path}",
                              "a pretrained encoder keeps its vocabulary: drop data.tokenizer.path")
@@ -102,7 +147,11 @@ def build_finetuning(cfg: DictConfig, ckpt_file: Path | None = None, *, tracking
                                              dm.tokenizer_texts())
     dm.setup()
     labels = list(dm.labels.names)
-    model, _ = build_classifier(init, task.name, len(labels), _container(cfg.model),
+    model_cfg = _container(cfg.model)
+    if teacher is not None:
+        distill.check_labels(teacher, labels)
+        model_cfg = distill.student_config(dcfg, teacher, model_cfg)
+    model, _ = build_classifier(init, task.name, len(labels), model_cfg,
                                 vocab_size=tokenizer.get_vocab_size(), pad_id=tokenizer.token_to_id(PAD) or 0)
     from lit_tf.models.families import family_of
 
@@ -111,12 +160,15 @@ def build_finetuning(cfg: DictConfig, ckpt_file: Path | None = None, *, tracking
     if init.parent_run_id:
         tags["lit_tf.parent_run_id"] = init.parent_run_id  # lineage: the pretraining run
         tags["mlflow.parentRunId"] = init.parent_run_id
-    return Built(dm, model, task.objective(), family_of(model).name, hashlib.sha256(tok_json.encode()).hexdigest()[:16],
-                 tok_json, meta={"task": task.name, "labels": labels, "languages": langs,
-                                 "scheme": str(data.get("scheme", "IOB2"))},
-                 module_kwargs={"eval_metrics": lambda: task.metric(labels, data), "val_streams": dm.val_streams,
-                                "test_streams": dm.test_streams},
-                 tags=tags, task=task)
+    built = Built(dm, model, task.objective(), family_of(model).name, hashlib.sha256(tok_json.encode()).hexdigest()[:16],
+                  tok_json, meta={"task": task.name, "labels": labels, "languages": langs,
+                                  "scheme": str(data.get("scheme", "IOB2"))},
+                  module_kwargs={"eval_metrics": lambda: task.metric(labels, data), "val_streams": dm.val_streams,
+                                 "test_streams": dm.test_streams},
+                  tags=tags, task=task)
+    if teacher is not None:
+        _distil(built, dcfg, teacher, "cls", initialise=ckpt_file is None)
+    return built
 
 
 def build_run(cfg: DictConfig, ckpt_file: Path | None = None, **kwargs: Any) -> Built:

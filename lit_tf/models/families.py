@@ -58,6 +58,7 @@ class FamilySpec:
     block: type = nn.Module  # its transformer block: the unit of FSDP wrapping and activation checkpointing
     lang_ids: bool = False  # its forward reads language ids (`lang_ids`) instead of segment ids
     causal_lm: bool = False  # a causal LM: it generates text
+    masked_lm: bool = False  # its pretraining model returns masked-LM logits (a distillation teacher's)
     hf: HFMapping | None = None  # its HF correspondence (lit_tf.models.hf.<family>)
     # the pretraining variant an objective config trains (checkpoint metadata keeps that config)
     variant: Callable[[Mapping[str, Any]], str] | None = None
@@ -142,6 +143,7 @@ FAMILIES: dict[str, FamilySpec] = {
         heads={"seq_cls": BertForSequenceClassification, "token_cls": BertForTokenClassification},
         block=BertBlock, hf=hf_bert.MAPPING, variant=_bert_variant,
         variant_of=lambda m: "pretraining" if m.nsp_head is not None else "mlm", head_weights=_mlm_head_weights,
+        masked_lm=True,
     ),
     "gpt": FamilySpec(
         name="gpt", config=GPTConfig, encoder=GPTModel, encoder_attr="transformer",
@@ -154,7 +156,7 @@ FAMILIES: dict[str, FamilySpec] = {
         pretraining={"pretraining": XLMForPreTraining}, pretraining_class=XLMForPreTraining, objectives=("xlm",),
         heads={"seq_cls": XLMForSequenceClassification, "token_cls": XLMForTokenClassification},
         block=BertBlock,  # XLM stacks BERT's post-LN block
-        lang_ids=True, hf=hf_xlm.MAPPING, derived=_xlm_derived, head_weights=_mlm_head_weights,
+        lang_ids=True, hf=hf_xlm.MAPPING, derived=_xlm_derived, head_weights=_mlm_head_weights, masked_lm=True,
     ),
 }
 

@@ -151,7 +151,7 @@ def import_hf(
     hf_config = json.loads(config_file.read_text())
     if not hf_config.get("architectures"):
         raise ValueError(
-            f"{config_file} has no 'architectures'; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            f"{config_file} has no 'architectures'; supported: {', '.join(architectures())}"
         )
     model = from_hf(hf_config, read_state(path), task=task, num_labels=num_labels)
     tokenizer_file = path / "tokenizer.json"
