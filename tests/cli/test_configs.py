@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from lit_tf.cli.config_check import ConfigError, check_overrides
 from lit_tf.lit.build import ObjectiveContext, build_model, build_objective
-from lit_tf.lit.tasks import TASKS
 from lit_tf.lit.init_from import InitSource, build_classifier
+from lit_tf.lit.tasks import TASKS
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "paths"))
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]

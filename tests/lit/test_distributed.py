@@ -121,8 +121,8 @@ def test_fsdp_wraps_the_familys_own_block(family, compose):
     from lightning.pytorch.strategies import FSDPStrategy
     from omegaconf import OmegaConf
 
-    from lit_tf.models.families import FAMILIES
     from lit_tf.lit.parallel import build_strategy
+    from lit_tf.models.families import FAMILIES
 
     cfg = compose(["trainer=fsdp"])
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -164,8 +164,8 @@ def _tiny(family: str):
 
 @pytest.mark.parametrize("family", ["bert", "gpt", "xlm"])
 def test_activation_checkpointing_same_gradients_same_state_dict(family):
-    from lit_tf.models.families import FAMILIES
     from lit_tf.lit.parallel import apply_activation_checkpointing
+    from lit_tf.models.families import FAMILIES
 
     ids = torch.randint(5, 50, (3, 16), generator=torch.Generator().manual_seed(0))
 
