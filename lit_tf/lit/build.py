@@ -11,9 +11,11 @@ from typing import Any
 from torch import nn
 
 from lit_tf.errors import LitTfError
+from lit_tf.lit.metrics import ReplacedTokenMetrics
 from lit_tf.lit.tasks import TASKS
 from lit_tf.models import LanguageDiscriminator
 from lit_tf.models.families import FAMILIES, family
+from lit_tf.objectives.electra import ReplacedTokenDetectionObjective
 from lit_tf.objectives.pretraining import CausalLMObjective, CrossLingualObjective, MaskedLMObjective
 
 
@@ -63,6 +65,11 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
     "mlm_nsp": ObjectiveSpec(_masked_lm),
     "clm": ObjectiveSpec(lambda cfg, ctx: CausalLMObjective(fused_loss=ctx.fused_lm_loss), data="causal"),
     "xlm": ObjectiveSpec(_cross_lingual, data="crosslingual"),
+    "electra": ObjectiveSpec(  # ELECTRA's replaced-token detection (Clark et al., 2020) on masked-LM batches
+        lambda cfg, ctx: ReplacedTokenDetectionObjective(
+            rtd_weight=float(cfg.get("rtd_weight", 50.0)), gen_weight=float(cfg.get("gen_weight", 1.0)),
+            temperature=float(cfg.get("temperature", 1.0)), fused_loss=ctx.fused_lm_loss),
+        metric=ReplacedTokenMetrics),
 }
 
 

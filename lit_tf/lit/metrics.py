@@ -149,3 +149,64 @@ class TaggingMetrics(torch.nn.Module):
 
     def reset(self) -> None:
         self.entity.reset()
+
+
+class ReplacedTokenMetrics(Metric):
+    """ELECTRA's discriminator, evaluated over every real token seen: ROC-AUC of its "replaced"
+    probability (``rtd_auc``) and the share of tokens the generator really replaced (``replaced_rate``).
+
+    Memory stays flat: scores are counted in ``bins`` equal-width bins of their logit (clamped to
+    [-``logit_range``, ``logit_range``]; logit rather than probability bins, so a confident discriminator,
+    whose scores crowd near 0 and 1, stays resolved), one histogram for replaced tokens and one for
+    originals. The AUC is exact for those bins: P(score of a replaced token > score of an original),
+    ties within a bin counting one half. Constant scores give 0.5; NaN until both classes were seen.
+    The states are integer counts summed across processes, so DDP gives the single-process result.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    pos_hist: Tensor
+    neg_hist: Tensor
+
+    def __init__(self, bins: int = 2048, logit_range: float = 16.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if bins < 2 or not logit_range > 0:
+            raise ValueError(f"ReplacedTokenMetrics needs bins >= 2 and logit_range > 0, got {bins}, {logit_range}")
+        self.bins, self.logit_range = int(bins), float(logit_range)
+        self.add_state("pos_hist", default=torch.zeros(self.bins, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("neg_hist", default=torch.zeros(self.bins, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """preds (M,) probabilities that a token was replaced; target (M,) 1 = replaced, 0 = original."""
+        if preds.shape != target.shape:
+            raise ValueError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} must have the same shape")
+        z = torch.logit(preds.detach().double().reshape(-1)).clamp(-self.logit_range, self.logit_range)  # (M,)
+        idx = ((z + self.logit_range) * (self.bins / (2 * self.logit_range))).long().clamp(0, self.bins - 1)
+        pos = target.reshape(-1).long().to(idx.device)  # (M,) in {0, 1}
+        self.pos_hist.index_add_(0, idx, pos)
+        self.neg_hist.index_add_(0, idx, 1 - pos)
+
+    def _counts(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(replaced-original pairs ranked right, ties counting 1/2; replaced tokens; original tokens)."""
+        pos, neg = self.pos_hist.double(), self.neg_hist.double()
+        below = torch.cumsum(neg, 0) - neg  # originals in strictly lower bins
+        return (pos * (below + 0.5 * neg)).sum(), pos.sum(), neg.sum()
+
+    @staticmethod
+    def _summary(wins: Tensor, n_pos: Tensor, n_neg: Tensor) -> dict[str, Tensor]:
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=wins.device)
+        auc = wins / (n_pos * n_neg) if n_pos > 0 and n_neg > 0 else nan
+        rate = n_pos / (n_pos + n_neg) if n_pos + n_neg > 0 else nan
+        return {"rtd_auc": auc.float(), "replaced_rate": rate.float()}
+
+    def compute(self) -> dict[str, Tensor]:
+        return self._summary(*self._counts())
+
+    def report(self) -> dict:
+        """The same numbers as plain floats, with the token counts behind them (all processes')."""
+        with self.sync_context():
+            wins, n_pos, n_neg = self._counts()
+        out = {k: float(v) for k, v in self._summary(wins, n_pos, n_neg).items()}
+        return {**out, "tokens": int(n_pos + n_neg), "replaced": int(n_pos)}

@@ -24,8 +24,16 @@ from lit_tf.models.bert import (
     BertForTokenClassification,
     BertModel,
 )
+from lit_tf.models.electra import (
+    ElectraConfig,
+    ElectraForPreTraining,
+    ElectraForSequenceClassification,
+    ElectraForTokenClassification,
+    ElectraModel,
+)
 from lit_tf.models.gpt import GPTBlock, GPTConfig, GPTForCausalLM, GPTModel
 from lit_tf.models.hf import bert as hf_bert
+from lit_tf.models.hf import electra as hf_electra
 from lit_tf.models.hf import gpt as hf_gpt
 from lit_tf.models.hf import xlm as hf_xlm
 from lit_tf.models.hf.core import HFMapping
@@ -129,6 +137,17 @@ def _mlm_head_weights(cfg: Any, objective: Mapping[str, Any], seq_len: int) -> f
     return weights
 
 
+def _electra_head_weights(cfg: ElectraConfig, objective: Mapping[str, Any], seq_len: int) -> float:
+    """ELECTRA's extra work per token beyond the discriminator's blocks: the generator tower (its
+    blocks and attention), both embedding projections, the generator's MLM head on the masked share
+    and the discriminator's head on every token."""
+    g, E, V = cfg.generator_config(), cfg.embedding_size, cfg.vocab_size
+    generator = g.n_layers * (4 * g.d_model * g.d_model + 2 * g.d_model * g.d_ff + 2 * seq_len * g.d_model)
+    projections = (E * cfg.d_model if E != cfg.d_model else 0) + (E * g.d_model if E != g.d_model else 0)
+    gen_head = float(objective.get("mlm_probability", 0.15)) * (g.d_model * E + E * V)
+    return generator + projections + gen_head + cfg.d_model * cfg.d_model + cfg.d_model
+
+
 def _xlm_derived(objective: Mapping[str, Any], languages: Sequence[str]) -> dict[str, Any]:
     # the data decides the language count and whether attention is causal
     return {"n_langs": max(1, len(languages)), "causal": objective.get("mono_term", "mlm") == "clm"}
@@ -157,6 +176,13 @@ FAMILIES: dict[str, FamilySpec] = {
         heads={"seq_cls": XLMForSequenceClassification, "token_cls": XLMForTokenClassification},
         block=BertBlock,  # XLM stacks BERT's post-LN block
         lang_ids=True, hf=hf_xlm.MAPPING, derived=_xlm_derived, head_weights=_mlm_head_weights, masked_lm=True,
+    ),
+    "electra": FamilySpec(
+        name="electra", config=ElectraConfig, encoder=ElectraModel, encoder_attr="electra",
+        pretraining={"pretraining": ElectraForPreTraining}, pretraining_class=ElectraForPreTraining,
+        objectives=("electra",),
+        heads={"seq_cls": ElectraForSequenceClassification, "token_cls": ElectraForTokenClassification},
+        block=BertBlock, hf=hf_electra.MAPPING, head_weights=_electra_head_weights,
     ),
 }
 
