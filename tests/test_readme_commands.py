@@ -242,6 +242,10 @@ def fill(cmd: str, w: Workspace) -> str:
         if "bert_mlm_nsp_en" not in w.run_ids:
             raise AssertionError("an MLflow run id is needed, but no earlier bert_mlm_nsp_en run printed one")
         cmd = cmd.replace("<MLflow run id>", w.run_ids["bert_mlm_nsp_en"]).replace("<run id>", w.run_ids["bert_mlm_nsp_en"])
+    for m in re.finditer(r"<(\w+) run id>", cmd):  # e.g. <finetune_sst2 run id>: that experiment's first run
+        if m.group(1) not in w.run_ids:
+            raise AssertionError(f"{m.group(0)} is needed, but no earlier {m.group(1)} run printed one")
+        cmd = cmd.replace(m.group(0), w.run_ids[m.group(1)])
     if "init_from=..." in cmd:  # "a pretrained encoder": XLM for the cross-lingual recipes, else BERT
         family = "xlm_mlm_tlm_en_es" if "zeroshot" in cmd else "bert_mlm_nsp_en"
         cmd = cmd.replace("init_from=...", f"init_from={_ckpt(w.repo, family)}")

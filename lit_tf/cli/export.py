@@ -2,13 +2,14 @@
 
     python -m lit_tf.cli.export ckpt=path/to/model.ckpt out=hf_model/
 
-Writes config.json, model.safetensors, tokenizer.json (+ tokenizer_config.json): BERT (masked LM,
-pretraining, sequence / token classification), GPT (GPT2LMHeadModel) and XLM where HF has an
-exactly matching class (see lit_tf.models.hf).
+Writes config.json, model.safetensors, tokenizer.json (+ tokenizer_config.json) for the HF class
+that matches the checkpoint's model exactly, as its family's mapping names it (lit_tf.models.hf:
+e.g. BertForPreTraining, GPT2LMHeadModel, XLMModel, ElectraForPreTraining, the classifiers).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
         tok_file = Path(tmp) / "tokenizer.json"
         loaded.tokenizer.save(str(tok_file))
         out = export_hf(loaded.model, tok_file, args["out"], labels=loaded.meta.get("labels"))
-    print(f"exported {loaded.meta['family']} ({loaded.meta.get('task') or loaded.meta['objective'].get('name')}) to {out}")
+    arch = json.loads((Path(out) / "config.json").read_text())["architectures"][0]
+    print(f"exported the {loaded.meta['family']} checkpoint as HF {arch} to {out}")
 
 
 if __name__ == "__main__":
