@@ -71,6 +71,7 @@ def rules(task: str, cfg: BertConfig, hf_base: str) -> Groups:
 
 
 def config_to_hf(cfg: BertConfig) -> dict[str, Any]:
+    """HF BertConfig keys; ELECTRA's config shares them (its own adds `embedding_size`)."""
     return {
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,
@@ -98,9 +99,10 @@ def check_encoder_config(d: dict[str, Any]) -> None:
         raise ValueError("HF decoders (is_decoder / add_cross_attention) are not supported")
 
 
-def config_from_hf(d: dict[str, Any], arch: str) -> BertConfig:
+def encoder_fields(d: dict[str, Any], arch: str) -> dict[str, Any]:
+    """Our config fields of an HF BERT-layout encoder config (BERT's, ELECTRA's), checked."""
     check_encoder_config(d)
-    return BertConfig(
+    return dict(
         vocab_size=require(d, "vocab_size", arch),
         d_model=require(d, "hidden_size", arch),
         n_layers=require(d, "num_hidden_layers", arch),
@@ -115,6 +117,10 @@ def config_from_hf(d: dict[str, Any], arch: str) -> BertConfig:
         pad_id=d.get("pad_token_id") or 0,
         activation=activation_from_hf(d.get("hidden_act", "gelu"), "hidden_act"),
     )
+
+
+def config_from_hf(d: dict[str, Any], arch: str) -> BertConfig:
+    return BertConfig(**encoder_fields(d, arch))
 
 
 MAPPING = HFMapping(

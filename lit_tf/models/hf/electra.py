@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 from lit_tf.models.electra import ElectraConfig, _scaled
-from lit_tf.models.hf.bert import check_encoder_config, embedding_rules, layer_rules
-from lit_tf.models.hf.core import ACT_TO_HF, Arch, Groups, HFMapping, activation_from_hf, module, require
+from lit_tf.models.hf import bert as hf_bert
+from lit_tf.models.hf.bert import embedding_rules, layer_rules
+from lit_tf.models.hf.core import Arch, Groups, HFMapping, module
 
 
 def rules(task: str, cfg: ElectraConfig, hf_base: str) -> Groups:
@@ -45,24 +46,9 @@ def rules(task: str, cfg: ElectraConfig, hf_base: str) -> Groups:
 
 
 def config_to_hf(cfg: ElectraConfig) -> dict[str, Any]:
-    """HF ElectraConfig keys of the discriminator (the generator's sizes have no HF key)."""
-    return {
-        "vocab_size": cfg.vocab_size,
-        "embedding_size": cfg.embedding_size,
-        "hidden_size": cfg.d_model,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "intermediate_size": cfg.d_ff,
-        "hidden_act": ACT_TO_HF[cfg.activation],
-        "hidden_dropout_prob": cfg.dropout,
-        "attention_probs_dropout_prob": cfg.attn_dropout,
-        "max_position_embeddings": cfg.max_seq_len,
-        "type_vocab_size": cfg.type_vocab_size,
-        "initializer_range": cfg.init_std,
-        "layer_norm_eps": cfg.layer_norm_eps,
-        "pad_token_id": cfg.pad_id,
-        "tie_word_embeddings": True,
-    }
+    """HF ElectraConfig keys of the discriminator: BERT's plus the embedding width (the generator's
+    sizes have no HF key)."""
+    return {**hf_bert.config_to_hf(cfg), "embedding_size": cfg.embedding_size}
 
 
 def _generator_size(d_model: int, n_heads: int) -> float:
@@ -75,26 +61,9 @@ def _generator_size(d_model: int, n_heads: int) -> float:
 
 
 def config_from_hf(d: dict[str, Any], arch: str) -> ElectraConfig:
-    check_encoder_config(d)
-    d_model = require(d, "hidden_size", arch)
-    n_heads = require(d, "num_attention_heads", arch)
-    return ElectraConfig(
-        vocab_size=require(d, "vocab_size", arch),
-        d_model=d_model,
-        n_layers=require(d, "num_hidden_layers", arch),
-        n_heads=n_heads,
-        d_ff=require(d, "intermediate_size", arch),
-        max_seq_len=d.get("max_position_embeddings", 512),
-        dropout=d.get("hidden_dropout_prob", 0.1),
-        attn_dropout=d.get("attention_probs_dropout_prob", 0.1),
-        type_vocab_size=d.get("type_vocab_size", 2),
-        layer_norm_eps=d.get("layer_norm_eps", 1e-12),
-        init_std=d.get("initializer_range", 0.02),
-        pad_id=d.get("pad_token_id") or 0,
-        activation=activation_from_hf(d.get("hidden_act", "gelu"), "hidden_act"),
-        embedding_size=d.get("embedding_size", 128),  # HF's default
-        generator_size=_generator_size(d_model, n_heads),
-    )
+    fields = hf_bert.encoder_fields(d, arch)
+    return ElectraConfig(**fields, embedding_size=d.get("embedding_size", 128),  # HF's default
+                         generator_size=_generator_size(fields["d_model"], fields["n_heads"]))
 
 
 MAPPING = HFMapping(
