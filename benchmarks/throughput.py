@@ -145,7 +145,7 @@ def run_loop(family: str, root: Path, steps: int, warmup: int, extra: list[str])
     """The same model, objective, batches, optimizer, schedule and clipping; no Lightning."""
     import hydra
 
-    from lit_tf.lit.optim import build_optimizer, lr_lambda, warmup_steps_for
+    from lit_tf.lit.optim import build_optimizer
     from lit_tf.models.layers import set_kernels
 
     cfg = config(family, root, steps, extra)
@@ -156,10 +156,8 @@ def run_loop(family: str, root: Path, steps: int, warmup: int, extra: list[str])
     b.datamodule.setup("fit")
     model, objective = b.model, b.objective
     holder = torch.nn.ModuleDict({"model": model, **({"objective": objective} if isinstance(objective, torch.nn.Module) else {})})
-    opt = build_optimizer(holder, hydra.utils.instantiate(cfg.optim.optimizer), float(cfg.optim.weight_decay))
-    warm = warmup_steps_for(steps, cfg.optim.get("warmup_steps"), float(cfg.optim.get("warmup_ratio") or 0.0))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, warm, str(cfg.optim.schedule),
-                                                             float(cfg.optim.get("min_lr_ratio") or 0.0)))
+    opt = build_optimizer(holder, hydra.utils.instantiate(b.optim.optimizer), b.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, b.optim.lr_lambda(steps))
     params = [p for g in opt.param_groups for p in g["params"]]
     clip = float(cfg.trainer.gradient_clip_val)
     holder.train()
@@ -236,12 +234,13 @@ def run_hf(family: str, root: Path, steps: int, warmup: int, extra: list[str]) -
         per_device, trainer_cls = bsz, transformers.Trainer
 
     model = _hf_model(family, b.model.cfg)
-    opt = cfg.optim.optimizer
+    optim = b.optim
+    opt = optim.optimizer
     args = transformers.TrainingArguments(
         output_dir=str(root / "hf"), max_steps=steps, per_device_train_batch_size=per_device,
-        learning_rate=float(opt.lr), weight_decay=float(cfg.optim.weight_decay), adam_beta1=float(opt.betas[0]),
-        adam_beta2=float(opt.betas[1]), adam_epsilon=float(opt.eps), warmup_steps=warmup_steps(cfg, steps),
-        lr_scheduler_type=str(cfg.optim.schedule), max_grad_norm=float(cfg.trainer.gradient_clip_val),
+        learning_rate=float(opt["lr"]), weight_decay=optim.weight_decay, adam_beta1=float(opt["betas"][0]),
+        adam_beta2=float(opt["betas"][1]), adam_epsilon=float(opt["eps"]), warmup_steps=warmup_steps(optim, steps),
+        lr_scheduler_type=optim.schedule, max_grad_norm=float(cfg.trainer.gradient_clip_val),
         optim="adamw_torch_fused" if opt.get("fused") else "adamw_torch", use_cpu=not torch.cuda.is_available(),
         report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         remove_unused_columns=False, seed=int(cfg.seed),
@@ -252,10 +251,11 @@ def run_hf(family: str, root: Path, steps: int, warmup: int, extra: list[str]) -
     return _rate(times, tokens, warmup)
 
 
-def warmup_steps(cfg, steps: int) -> int:
+def warmup_steps(optim, steps: int) -> int:
+    """Warmup steps of a run of `steps` steps under `optim` (a lit_tf.lit.optim.OptimConfig)."""
     from lit_tf.lit.optim import warmup_steps_for
 
-    return warmup_steps_for(steps, cfg.optim.get("warmup_steps"), float(cfg.optim.get("warmup_ratio") or 0.0))
+    return warmup_steps_for(steps, optim.warmup_steps, optim.warmup_ratio)
 
 
 # ----------------------------------------------------------------------------- driver

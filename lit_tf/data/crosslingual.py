@@ -19,6 +19,7 @@ import json
 import logging
 import zlib
 from collections.abc import Iterator, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from lit_tf.data import text
 from lit_tf.data.atomic import build_once
+from lit_tf.data.config import CrossLingualDataConfig
 from lit_tf.data.pretraining import CLMCollator, MLMCollator, PackedBlockDataset, _split_key
 from lit_tf.data.records import DatasetRecord, combined_digest, shard_record
 from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler, StreamDataModule
@@ -44,10 +46,10 @@ from lit_tf.data.tokenizer import (
     PAD,
     SEP,
     TokenizerArtifact,
-    TokenizerSpec,
     encode_words,
     get_or_train_tokenizer,
 )
+from lit_tf.objectives.config import ObjectiveConfig
 from lit_tf.objectives.crosslingual import LanguageSampler, alpha_sampling_probs, build_tlm_example
 
 log = logging.getLogger(__name__)
@@ -284,28 +286,26 @@ class GroupingCollator:
 # --------------------------------------------------------------------------------------------
 class CrossLingualDataModule(StreamDataModule):
     """Args:
-    data: the `data` config group: `languages`, `mono` ({lang: [files]}), `parallel`
-        ({"l1-l2": {src: [...], tgt: [...]}}), `alpha`, tokenizer, max_seq_len, batch sizes.
+    data: the `data` config group (`CrossLingualDataConfig`: `languages`, `mono`, `parallel`,
+        `alpha`, tokenizer, max_seq_len, batch sizes); a plain mapping is typed with its `from_config`.
     objective: the `objective` config group (mlm/tlm/clm terms via `weights`, masking settings).
     tokenizer: use this tokenizer (e.g. a resumed checkpoint's) instead of `data.tokenizer`.
     """
 
-    def __init__(self, data: Mapping, objective: Mapping, *, cache_dir: str, seed: int = 0,
-                 accumulate_grad_batches: int = 1, max_steps: int = -1,
+    def __init__(self, data: CrossLingualDataConfig | Mapping, objective: ObjectiveConfig | Mapping, *,
+                 cache_dir: str, seed: int = 0, accumulate_grad_batches: int = 1, max_steps: int = -1,
                  tokenizer: TokenizerArtifact | None = None) -> None:
         super().__init__()
-        self.cfg, self.obj = dict(data), dict(objective)
+        self.cfg = CrossLingualDataConfig.from_config(data)
+        self.obj = ObjectiveConfig.from_config(objective)
         self.cache_dir, self.seed = Path(cache_dir), int(seed)
         self.accumulate, self.max_steps = int(accumulate_grad_batches), int(max_steps)
-        self.languages: list[str] = list(self.cfg.get("languages") or [])
+        self.languages: list[str] = list(self.cfg.languages)
         if len(self.languages) < 2:
             raise ValueError("data.languages: list at least two languages, e.g. [en, es]")
         self.lang_id = {lang: i for i, lang in enumerate(self.languages)}
-        # mono.<lang>: a list of files, or {files: [...], doc_per_line: bool}
-        self.mono_files: dict[str, dict] = {
-            k: (dict(v) if isinstance(v, Mapping) else {"files": list(v)}) for k, v in (self.cfg.get("mono") or {}).items()
-        }
-        self.parallel_files: dict[str, dict] = {k: dict(v) for k, v in (self.cfg.get("parallel") or {}).items()}
+        self.mono_files = dict(self.cfg.mono or {})
+        self.parallel_files = dict(self.cfg.parallel or {})
         for lang in self.mono_files:
             if lang not in self.lang_id:
                 raise ValueError(f"data.mono.{lang}: language not in data.languages={self.languages}")
@@ -313,12 +313,11 @@ class CrossLingualDataModule(StreamDataModule):
             l1, _, l2 = pair.partition("-")
             if l1 not in self.lang_id or l2 not in self.lang_id:
                 raise ValueError(f"data.parallel.{pair}: name pairs as 'l1-l2' with both in data.languages={self.languages}")
-        weights = dict(self.obj.get("weights") or {})
-        self.mono_term = str(self.obj.get("mono_term", "mlm"))
+        self.mono_term = self.obj.mono_term
         if self.mono_term not in ("mlm", "clm"):
             raise ValueError(f"objective.mono_term={self.mono_term!r} is not one of ['mlm', 'clm']")
         self.causal = self.mono_term == "clm"
-        self.use_tlm = "tlm" in weights and bool(self.parallel_files)
+        self.use_tlm = "tlm" in self.obj.weights and bool(self.parallel_files)
         if self.causal and self.use_tlm:
             raise ValueError("objective: TLM needs a bidirectional model; use mono_term=mlm with tlm, or drop tlm for CLM")
         self.stream_terms = {lang: self.mono_term for lang in self.mono_files}
@@ -333,14 +332,13 @@ class CrossLingualDataModule(StreamDataModule):
 
     # ------------------------------------------------------------------ prepare
     def _mono_source(self, lang: str) -> dict:
-        m = self.mono_files[lang]
-        return {"files": list(m["files"]), "text_field": self.cfg.get("text_field", "text"),
-                "doc_per_line": bool(m.get("doc_per_line", False))}
+        m = self.mono_files[lang]  # hashed into the cache keys: keep this dict's content as it is
+        return {"files": list(m.files), "text_field": self.cfg.text_field, "doc_per_line": bool(m.doc_per_line)}
 
     def _tokenizer_texts(self, counts: Mapping[str, int], budget: int) -> Iterator[str]:
         """Sentences for the shared vocabulary: each language contributes in proportion to
         q_i = p_i^alpha / sum_j p_j^alpha (upsampling small languages by repetition)."""
-        q = alpha_sampling_probs(counts, float(self.cfg.get("alpha", 0.7)))
+        q = alpha_sampling_probs(counts, float(self.cfg.alpha))
         for lang in self.languages:
             if lang not in counts:
                 continue
@@ -363,15 +361,14 @@ class CrossLingualDataModule(StreamDataModule):
         if self.tokenizer is not None:
             return self.tokenizer
         for pair, files in self.parallel_files.items():  # cheap checks first: nothing is built from bad pairs
-            check_parallel_files(files["src"], files["tgt"], where=f"data.parallel.{pair}")
-        tok_cfg = dict(self.cfg.get("tokenizer") or {})
+            check_parallel_files(files.src, files.tgt, where=f"data.parallel.{pair}")
+        max_docs = self.cfg.max_docs
         if self.given_tokenizer is not None:
             self.tokenizer = self.given_tokenizer
-        elif tok_cfg.get("path"):
-            self.tokenizer = TokenizerArtifact.load(tok_cfg["path"])
+        elif self.cfg.tokenizer_path:
+            self.tokenizer = TokenizerArtifact.load(self.cfg.tokenizer_path)
         else:
-            spec = TokenizerSpec.from_config(tok_cfg)
-            max_docs = self.cfg.get("max_docs")
+            spec = self.cfg.tokenizer_spec()
             counts = {}
             for lang in self.mono_files:  # characters per language (bounded by max_docs)
                 n = 0
@@ -381,27 +378,26 @@ class CrossLingualDataModule(StreamDataModule):
                     n += sum(len(s) for s in doc)
                 counts[lang] = max(n, 1)
             # Cap at the text there is: beyond it, repetition adds no information, only time.
-            budget = min(int(self.cfg.get("tokenizer_chars", 20_000_000)), sum(counts.values()))
+            budget = min(int(self.cfg.tokenizer_chars), sum(counts.values()))
             fp = hashlib.sha256(json.dumps(
                 {lang: text.fingerprint(self._mono_source(lang)) for lang in sorted(self.mono_files)}
-                | {"alpha": self.cfg.get("alpha", 0.7), "budget": budget, "counts": counts}, sort_keys=True,
+                | {"alpha": self.cfg.alpha, "budget": budget, "counts": counts}, sort_keys=True,
             ).encode()).hexdigest()[:16]
             self.tokenizer = get_or_train_tokenizer(
                 spec, lambda: ([s] for s in self._tokenizer_texts(counts, budget)), fp, self.cache_dir / "tokenizers")
         tok = self.tokenizer
-        vf = float(self.cfg.get("val_fraction", 0.02))
+        vf, name = float(self.cfg.val_fraction), self.cfg.name
         for lang in self.mono_files:
             src = self._mono_source(lang)
-            root = build_or_load_shards(f"{self.cfg.get('name', 'xlm')}-{lang}", text.fingerprint(src),
+            root = build_or_load_shards(f"{name}-{lang}", text.fingerprint(src),
                                         lambda src=src: text.iter_documents(src), tok, self.cache_dir / "shards",
-                                        val_fraction=vf, max_docs=self.cfg.get("max_docs"),
-                                        workers=self.cfg.get("shard_workers"))
+                                        val_fraction=vf, max_docs=max_docs, workers=self.cfg.shard_workers)
             self.mono_dirs[lang] = root
+        held_out = [f for r in (self.cfg.retrieval or {}).values() for f in (r.src, r.tgt)]
         for pair, files in self.parallel_files.items():
-            held_out = [f for r in (self.cfg.get("retrieval") or {}).values() for f in (r["src"], r["tgt"])]
             self.para_dirs[pair] = build_or_load_parallel(
-                f"{self.cfg.get('name', 'xlm')}-{pair}", files["src"], files["tgt"], tok, self.cache_dir / "shards",
-                val_fraction=vf, max_pairs=self.cfg.get("max_pairs"), exclude_files=held_out)
+                f"{name}-{pair}", files.src, files.tgt, tok, self.cache_dir / "shards",
+                val_fraction=vf, max_pairs=self.cfg.max_pairs, exclude_files=held_out)
         return tok
 
     def prepare_data(self) -> None:
@@ -409,7 +405,7 @@ class CrossLingualDataModule(StreamDataModule):
 
     def dataset_records(self) -> list[DatasetRecord]:
         """Each language's text and each parallel pair, train and held-out validation parts."""
-        name = str(self.cfg.get("name", "xlm"))
+        name = str(self.cfg.name)
         out = []
         for lang, root in self.mono_dirs.items():
             src = self._mono_source(lang)
@@ -417,9 +413,9 @@ class CrossLingualDataModule(StreamDataModule):
                     shard_record(f"{name}-{lang}-heldout", root / "val", "validation", src)]
         for pair, root in self.para_dirs.items():
             files = self.parallel_files[pair]
-            digest = combined_digest([text.fingerprint({"files": list(files["src"])}),
-                                      text.fingerprint({"files": list(files["tgt"])})])
-            src = {"files": [*files["src"], *files["tgt"]]}
+            digest = combined_digest([text.fingerprint({"files": list(files.src)}),
+                                      text.fingerprint({"files": list(files.tgt)})])
+            src = {"files": [*files.src, *files.tgt]}
             out += [shard_record(f"{name}-{pair}", root / "train", "train", src, digest),
                     shard_record(f"{name}-{pair}-heldout", root / "val", "validation", src, digest)]
         return out
@@ -428,7 +424,7 @@ class CrossLingualDataModule(StreamDataModule):
     def _sets(self, split: str) -> dict[str, Any]:
         tok = self.tokenizer
         cls_id, sep_id = tok.special_id(CLS), tok.special_id(SEP)
-        L_ = int(self.cfg["max_seq_len"])
+        L_ = self.cfg.max_seq_len
         sets: dict[str, Any] = {}
         for lang, root in self.mono_dirs.items():
             sets[lang] = MonolingualDataset(TokenShard.open(root / split), L_, self.lang_id[lang], cls_id, sep_id,
@@ -452,14 +448,12 @@ class CrossLingualDataModule(StreamDataModule):
         tok = self.tokenizer
         mlm = MLMCollator(
             pad_id=tok.special_id(PAD), mask_id=tok.special_id(MASK), vocab_size=tok.vocab_size,
-            n_special=len(tok.meta["special_ids"]), mlm_probability=float(self.obj.get("mlm_probability", 0.15)),
-            mask_ratio=float(self.obj.get("mask_ratio", 0.8)), random_ratio=float(self.obj.get("random_ratio", 0.1)),
-            whole_word=bool(self.obj.get("whole_word", False)))
+            n_special=len(tok.meta["special_ids"]), **asdict(self.obj.masking))
         return {"mlm": mlm, "tlm": mlm, "clm": CLMCollator(pad_id=tok.special_id(PAD))}
 
     def term_probs(self) -> dict[str, dict[str, float]]:
         """Per term, the probability of drawing each of its streams (alpha rule on stream sizes)."""
-        alpha = float(self.cfg.get("alpha", 0.7))
+        alpha = float(self.cfg.alpha)
         by_term: dict[str, dict[str, int]] = {}
         for name, term in self.stream_terms.items():
             by_term.setdefault(term, {})[name] = len(self.train_sets[name])
@@ -467,7 +461,7 @@ class CrossLingualDataModule(StreamDataModule):
 
     def train_dataloader(self) -> ResumableLoader:
         rank, world = self.rank_world()
-        bs = int(self.cfg["batch_size"])
+        bs = self.cfg.batch_size
         # without max_steps, an "epoch" is one pass over the largest stream
         num_batches = self.train_batches() or max(1, max(len(v) for v in self.train_sets.values()) // (bs * world))
         sampler = MixtureBatchSampler({k: len(v) for k, v in self.train_sets.items()}, self.term_probs(),
@@ -479,7 +473,7 @@ class CrossLingualDataModule(StreamDataModule):
         rank, world = self.rank_world()
         loaders = []
         collate = GroupingCollator(self._collators(), self.stream_terms, by_stream=True)
-        bs = int(self.cfg.get("val_batch_size") or self.cfg["batch_size"])
+        bs = self.cfg.eval_batch_size
         for k, (name, ds) in enumerate(sorted(self.val_sets.items())):
             sampler = _TaggedSampler(name, StreamBatchSampler(len(ds), bs, seed=self.seed + 1 + k, shuffle=False,
                                                               rank=rank, world_size=world))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
 from lit_tf.data import text
+from lit_tf.data.config import CrossLingualDataConfig, PretrainDataConfig, pretraining_data_config
 from lit_tf.data.pretraining import CLMCollator, MLMCollator, PackedBlockDataset, SentencePairDataset
 from lit_tf.data.records import DatasetRecord, shard_record
 from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler, StreamDataModule
@@ -26,9 +27,9 @@ from lit_tf.data.tokenizer import (
     PAD,
     SEP,
     TokenizerArtifact,
-    TokenizerSpec,
     get_or_train_tokenizer,
 )
+from lit_tf.objectives.config import ObjectiveConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,32 +42,29 @@ class CorpusSources:
     val: dict | None  # None: hold out `val_fraction` of the training documents
 
     @classmethod
-    def from_config(cls, cfg: Mapping) -> CorpusSources:
-        kinds = {
-            "train_files": bool(cfg.get("train_files")),
-            "hf_name": bool(cfg.get("hf_name")),
-            "builtin": bool(cfg.get("builtin")),
-        }
+    def from_config(cls, cfg: PretrainDataConfig | Mapping) -> CorpusSources:
+        cfg = PretrainDataConfig.from_config(cfg)
+        kinds = {"train_files": bool(cfg.train_files), "hf_name": bool(cfg.hf_name), "builtin": bool(cfg.builtin)}
         chosen = [k for k, v in kinds.items() if v]
         if len(chosen) != 1:
             raise ValueError(
                 f"data: set exactly one of data.train_files, data.hf_name, data.builtin (got {chosen or 'none'})"
             )
-        field = cfg.get("text_field", "text")
+        # These dicts are hashed into the tokenizer and shard cache keys: keep their content as it is.
+        field = cfg.text_field
         if chosen == ["train_files"]:
-            per_line = bool(cfg.get("doc_per_line", False))
-            train = {"files": list(cfg["train_files"]), "text_field": field, "doc_per_line": per_line}
-            val = ({"files": list(cfg["val_files"]), "text_field": field, "doc_per_line": per_line}
-                   if cfg.get("val_files") else None)
+            per_line = bool(cfg.doc_per_line)
+            train = {"files": list(cfg.train_files), "text_field": field, "doc_per_line": per_line}
+            val = ({"files": list(cfg.val_files), "text_field": field, "doc_per_line": per_line}
+                   if cfg.val_files else None)
         elif chosen == ["hf_name"]:
-            hf = {"hf": cfg["hf_name"], "hf_config": cfg.get("hf_config"), "text_field": field,
-                  "streaming": bool(cfg.get("hf_streaming", False))}
-            train = dict(hf, split=cfg.get("hf_train_split", "train"))
-            val = dict(hf, split=cfg["hf_val_split"]) if cfg.get("hf_val_split") else None
+            hf = {"hf": cfg.hf_name, "hf_config": cfg.hf_config, "text_field": field, "streaming": bool(cfg.hf_streaming)}
+            train = dict(hf, split=cfg.hf_train_split)
+            val = dict(hf, split=cfg.hf_val_split) if cfg.hf_val_split else None
         else:
-            train = {"builtin": cfg["builtin"], "max_files": cfg.get("builtin_max_files")}
+            train = {"builtin": cfg.builtin, "max_files": cfg.builtin_max_files}
             val = None
-        if val is None and not cfg.get("val_fraction"):
+        if val is None and not cfg.val_fraction:
             raise ValueError("data: no validation text: set data.val_files (or data.hf_val_split) or data.val_fraction > 0")
         return cls(train, val)
 
@@ -75,8 +73,9 @@ class PretrainDataModule(StreamDataModule):
     """Serves masked-LM (and NSP) batches from cached shards.
 
     Args:
-        data: the `data` config group (sources, tokenizer, max_seq_len, batch_size, ...).
-        objective: the `objective` config group (nsp, masking probabilities, whole_word).
+        data: the `data` config group (sources, tokenizer, max_seq_len, batch_size, ...); a plain
+            mapping is typed with `PretrainDataConfig.from_config`.
+        objective: the `objective` config group (nsp, masking); a mapping is typed likewise.
         cache_dir: where tokenizer artifacts and shards live (keyed by content hash).
         seed: base seed for example construction, shuffling and masking.
         accumulate_grad_batches: to translate trainer steps into consumed batches on resume.
@@ -87,12 +86,14 @@ class PretrainDataModule(StreamDataModule):
     """
 
     def __init__(
-        self, data: Mapping, objective: Mapping, *, cache_dir: str, seed: int = 0,
-        accumulate_grad_batches: int = 1, max_steps: int = -1, tokenizer: TokenizerArtifact | None = None,
-        causal: bool = False,
+        self, data: PretrainDataConfig | Mapping, objective: ObjectiveConfig | Mapping, *, cache_dir: str,
+        seed: int = 0, accumulate_grad_batches: int = 1, max_steps: int = -1,
+        tokenizer: TokenizerArtifact | None = None, causal: bool = False,
     ) -> None:
         super().__init__()
-        self.cfg, self.obj, self._causal = dict(data), dict(objective), bool(causal)
+        self.cfg = PretrainDataConfig.from_config(data)
+        self.obj = ObjectiveConfig.from_config(objective)
+        self._causal = bool(causal)
         self.cache_dir, self.seed = Path(cache_dir), int(seed)
         self.accumulate, self.max_steps = int(accumulate_grad_batches), int(max_steps)
         self.sources = CorpusSources.from_config(self.cfg)
@@ -109,8 +110,7 @@ class PretrainDataModule(StreamDataModule):
         folders in the cache (`lit_tf.data.atomic.build_once`)."""
         if self.tokenizer is not None:
             return self.tokenizer
-        tok_cfg = dict(self.cfg.get("tokenizer") or {})
-        max_docs = self.cfg.get("max_docs")
+        max_docs = self.cfg.max_docs
         train_fp = text.fingerprint(self.sources.train)
 
         def train_docs():
@@ -118,18 +118,17 @@ class PretrainDataModule(StreamDataModule):
 
         if self.given_tokenizer is not None:
             self.tokenizer = self.given_tokenizer
-        elif tok_cfg.get("path"):
-            self.tokenizer = TokenizerArtifact.load(tok_cfg["path"])
+        elif self.cfg.tokenizer_path:
+            self.tokenizer = TokenizerArtifact.load(self.cfg.tokenizer_path)
         else:
-            spec = TokenizerSpec.from_config(tok_cfg)
+            spec = self.cfg.tokenizer_spec()
             self.tokenizer = get_or_train_tokenizer(spec, train_docs, train_fp, self.cache_dir / "tokenizers")
         shard_root = self.cache_dir / "shards"
-        name = str(self.cfg.get("name", "corpus"))
-        workers = self.cfg.get("shard_workers")
+        name, workers = str(self.cfg.name), self.cfg.shard_workers
         if self.sources.val is None:
             root = build_or_load_shards(
                 name, train_fp, train_docs, self.tokenizer, shard_root,
-                val_fraction=float(self.cfg["val_fraction"]), max_docs=max_docs, workers=workers,
+                val_fraction=float(self.cfg.val_fraction), max_docs=max_docs, workers=workers,
             )
             self.shard_dirs = {"train": root / "train", "val": root / "val"}
         else:
@@ -138,7 +137,7 @@ class PretrainDataModule(StreamDataModule):
                                         workers=workers)
             vroot = build_or_load_shards(
                 f"{name}-val", text.fingerprint(val_src), lambda: text.iter_documents(val_src), self.tokenizer,
-                shard_root, max_docs=self.cfg.get("max_val_docs"), workers=workers,
+                shard_root, max_docs=self.cfg.max_val_docs, workers=workers,
             )
             self.shard_dirs = {"train": root / "train", "val": vroot / "train"}
         return self.tokenizer
@@ -150,7 +149,7 @@ class PretrainDataModule(StreamDataModule):
         """The training and validation text, as built (see lit_tf.data.records)."""
         if not self.shard_dirs:
             return []
-        name = str(self.cfg.get("name", "corpus"))
+        name = str(self.cfg.name)
         train = shard_record(name, self.shard_dirs["train"], "train", self.sources.train)
         if self.sources.val is None:  # held out from the same text: same digest, its own name and counts
             val = shard_record(f"{name}-heldout", self.shard_dirs["val"], "validation", self.sources.train)
@@ -161,7 +160,7 @@ class PretrainDataModule(StreamDataModule):
     # ------------------------------------------------------------------ datasets and loaders
     @property
     def nsp(self) -> bool:
-        return bool(self.obj.get("nsp", False))
+        return self.obj.nsp
 
     @property
     def causal(self) -> bool:
@@ -170,11 +169,11 @@ class PretrainDataModule(StreamDataModule):
     def _dataset(self, shard: TokenShard, seed: int):
         tok = self.tokenizer
         assert tok is not None
-        max_len = int(self.cfg["max_seq_len"])
+        max_len = self.cfg.max_seq_len
         cls_id, sep_id = tok.special_id(CLS), tok.special_id(SEP)
         if self.nsp:
             return SentencePairDataset(
-                shard, max_len, cls_id, sep_id, seed=seed, short_seq_prob=float(self.obj.get("short_seq_prob", 0.1)),
+                shard, max_len, cls_id, sep_id, seed=seed, short_seq_prob=float(self.obj.short_seq_prob),
             )
         if self.causal:  # GPT: raw token blocks, [SEP] marks the end of each document
             return PackedBlockDataset(shard, max_len, doc_sep_id=sep_id)
@@ -194,16 +193,13 @@ class PretrainDataModule(StreamDataModule):
             return CLMCollator(pad_id=tok.special_id(PAD))
         return MLMCollator(
             pad_id=tok.special_id(PAD), mask_id=tok.special_id(MASK), vocab_size=tok.vocab_size,
-            n_special=len(tok.meta["special_ids"]),
-            mlm_probability=float(self.obj.get("mlm_probability", 0.15)),
-            mask_ratio=float(self.obj.get("mask_ratio", 0.8)), random_ratio=float(self.obj.get("random_ratio", 0.1)),
-            whole_word=bool(self.obj.get("whole_word", False)),
+            n_special=len(tok.meta["special_ids"]), **asdict(self.obj.masking),
         )
 
     def train_dataloader(self) -> ResumableLoader:
         rank, world = self.rank_world()
         sampler = StreamBatchSampler(
-            len(self.train_set), int(self.cfg["batch_size"]), num_batches=self.train_batches(), seed=self.seed,
+            len(self.train_set), self.cfg.batch_size, num_batches=self.train_batches(), seed=self.seed,
             shuffle=True, rank=rank, world_size=world,
         )
         return self.resumable_loader(self.train_set, sampler, self.collator())
@@ -213,22 +209,22 @@ class PretrainDataModule(StreamDataModule):
 
         rank, world = self.rank_world()
         sampler = StreamBatchSampler(
-            len(self.val_set), int(self.cfg.get("val_batch_size") or self.cfg["batch_size"]), seed=self.seed + 1,
+            len(self.val_set), self.cfg.eval_batch_size, seed=self.seed + 1,
             shuffle=False, rank=rank, world_size=world,
         )
         return DataLoader(self.val_set, batch_sampler=sampler, **self.loader_kwargs(self.collator()))
 
 
-def build_datamodule(data: Mapping, objective: Mapping, kind: str = "masked", **kwargs: Any) -> L.LightningDataModule:
+def build_datamodule(data: PretrainDataConfig | CrossLingualDataConfig | Mapping, objective: ObjectiveConfig | Mapping,
+                     kind: str = "masked", **kwargs: Any) -> L.LightningDataModule:
     """The DataModule an objective reads (`kind`, named by its entry in lit_tf.lit.build.OBJECTIVES):
     "crosslingual" streams, or one corpus served as "masked" or "causal" LM batches."""
-    if kind == "crosslingual":
+    if kind not in ("masked", "causal", "crosslingual"):
+        raise ValueError(f"unknown pretraining data kind {kind!r}: expected masked, causal or crosslingual")
+    data = pretraining_data_config(data, kind)
+    if isinstance(data, CrossLingualDataConfig):
         from lit_tf.data.crosslingual import CrossLingualDataModule
 
         return CrossLingualDataModule(data, objective, **kwargs)
-    if kind not in ("masked", "causal"):
-        raise ValueError(f"unknown pretraining data kind {kind!r}: expected masked, causal or crosslingual")
     kwargs["causal"] = kind == "causal"
-    if data.get("languages"):
-        raise ValueError(f"data={data.get('name')!r} is a multilingual corpus: it needs objective=mlm_tlm (or another xlm objective)")
     return PretrainDataModule(data, objective, **kwargs)

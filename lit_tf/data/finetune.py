@@ -36,6 +36,7 @@ import torch
 from tokenizers import Encoding, Tokenizer
 from torch import Tensor
 
+from lit_tf.data.config import FineTuneDataConfig
 from lit_tf.data.pretraining import pad_examples
 from lit_tf.data.text import CorpusError
 from lit_tf.objectives.losses import IGNORE_INDEX
@@ -562,6 +563,7 @@ def collate_token_classification(examples: Sequence[Mapping], pad_id: int, pad_t
 class TaskData:
     """How one fine-tuning task reads, labels, encodes, batches and shows its examples.
 
+    `data_cfg` is the typed `data` group (`lit_tf.data.config.FineTuneDataConfig`).
     `read(data_cfg, source)` -> rows; `labels(rows)` -> every label the rows carry (the training
     split's define the label set); `encode(tokenizer, rows, data_cfg, labels, max_len, source)` ->
     examples; `collate(examples, pad_id, pad_to_multiple_of)` -> a batch; `line(row, data_cfg)` ->
@@ -569,36 +571,35 @@ class TaskData:
     scratch tokenizer is trained on. `named_labels`: `data.label_names` renames its labels;
     `hf_tables`: it reads HF datasets (`data.hf_name`)."""
 
-    read: Callable[[Mapping, object], list]
+    read: Callable[[FineTuneDataConfig, object], list]
     labels: Callable[[Sequence], Iterable[str]]
     encode: Callable[..., list[dict]]
     collate: Callable[..., dict[str, Tensor]]
-    line: Callable[[object, Mapping], str]
-    texts: Callable[[Sequence, Mapping], list[str]]
+    line: Callable[[object, FineTuneDataConfig], str]
+    texts: Callable[[Sequence, FineTuneDataConfig], list[str]]
     named_labels: bool = False
     hf_tables: bool = False
 
 
-def _read_table(c: Mapping, source: object) -> list[dict]:
-    if c.get("hf_name"):
-        return read_hf_table(c["hf_name"], c.get("hf_config"), str(source), list(c["text_fields"]), str(c["label_field"]))
-    return read_labeled_table(str(source), list(c["text_fields"]), str(c["label_field"]), fmt=c.get("format"),
-                              has_header=c.get("has_header"), column_names=c.get("column_names"))
+def _read_table(c: FineTuneDataConfig, source: object) -> list[dict]:
+    if c.hf_name:
+        return read_hf_table(c.hf_name, c.hf_config, str(source), list(c.text_fields), c.label_field)
+    return read_labeled_table(str(source), list(c.text_fields), c.label_field, fmt=c.format,
+                              has_header=c.has_header, column_names=c.column_names)
 
 
-def _read_conll(c: Mapping, source: object) -> list[Sentence]:
-    conll = dict(c.get("conll") or {})
-    return read_conll(str(source), token_col=int(conll.get("token_col", 0)), tag_col=int(conll.get("tag_col", -1)))
+def _read_conll(c: FineTuneDataConfig, source: object) -> list[Sentence]:
+    return read_conll(str(source), token_col=c.conll.token_col, tag_col=c.conll.tag_col)
 
 
 SEQUENCE_DATA = TaskData(
     read=_read_table,
     labels=lambda rows: (r["label"] for r in rows),
     encode=lambda tok, rows, c, labels, max_len, source: encode_classification(
-        tok, rows, list(c["text_fields"]), labels, max_len),
+        tok, rows, list(c.text_fields), labels, max_len),
     collate=collate_classification,
-    line=lambda row, c: PAIR_SEP.join(str(row[f]) for f in c["text_fields"]),
-    texts=lambda rows, c: [r[f] for r in rows for f in c["text_fields"]],
+    line=lambda row, c: PAIR_SEP.join(str(row[f]) for f in c.text_fields),
+    texts=lambda rows, c: [r[f] for r in rows for f in c.text_fields],
     named_labels=True,
     hf_tables=True,
 )

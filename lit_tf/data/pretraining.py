@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from lit_tf.data.shards import TokenShard
+from lit_tf.objectives.config import MaskingConfig
 from lit_tf.objectives.losses import IGNORE_INDEX
 from lit_tf.objectives.masking import mask_tokens, word_ids_from_word_starts
 from lit_tf.objectives.nsp import build_nsp_examples, truncate_pair
@@ -145,10 +146,11 @@ class MLMCollator:
     mask_id: int
     vocab_size: int
     n_special: int  # ids [0, n_special) are special tokens: never masked, never drawn as random
-    mlm_probability: float = 0.15
-    mask_ratio: float = 0.8
-    random_ratio: float = 0.1
-    whole_word: bool = False
+    # the masking settings (`**asdict(objective.masking)`); their defaults are MaskingConfig's
+    mlm_probability: float = MaskingConfig.mlm_probability
+    mask_ratio: float = MaskingConfig.mask_ratio
+    random_ratio: float = MaskingConfig.random_ratio
+    whole_word: bool = MaskingConfig.whole_word
     pad_to_multiple_of: int = 8
 
     def __call__(self, examples: list[dict]) -> dict[str, Tensor]:

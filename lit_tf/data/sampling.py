@@ -176,7 +176,7 @@ class ResumableLoader(DataLoader):
 class StreamDataModule(L.LightningDataModule):
     """What every lit_tf DataModule shares: where this rank stands and how far training got.
 
-    Subclasses set `seed`. Gradient accumulation (`accumulate`) and the run's length (`max_steps`)
+    Subclasses set `seed` and `cfg` (their typed `data` group, a `lit_tf.data.config.DataConfig`). Gradient accumulation (`accumulate`) and the run's length (`max_steps`)
     are read from the trainer the module is attached to; the values set on the module only serve
     when it runs without one (tests, benchmarks).
     """
@@ -228,7 +228,7 @@ class StreamDataModule(L.LightningDataModule):
     def loader_kwargs(self, collate_fn) -> dict[str, Any]:
         # The loader's own generator keeps iterator creation from consuming the global RNG
         # (which dropout uses), so a resumed run sees the same random stream.
-        workers = int(self.cfg.get("num_workers", 0))
+        workers = self.cfg.num_workers
         return {"collate_fn": collate_fn, "num_workers": workers, "persistent_workers": workers > 0,
-                "pin_memory": bool(self.cfg.get("pin_memory", False)),
+                "pin_memory": self.cfg.pin_memory,
                 "generator": torch.Generator().manual_seed(self.seed)}

@@ -57,12 +57,17 @@ class TokenizerSpec:
             raise ValueError(f"data.tokenizer.vocab_size={self.vocab_size} is too small")
 
     @classmethod
-    def from_config(cls, cfg: Mapping) -> TokenizerSpec:
-        cfg = dict(cfg)
-        known = set(cls.__dataclass_fields__)
-        unknown = set(cfg) - known - {"path"}
+    def check_keys(cls, cfg: Mapping) -> None:
+        """`data.tokenizer` holds this spec's keys and `path` (an existing tokenizer.json), nothing else."""
+        known = set(cls.__dataclass_fields__) | {"path"}
+        unknown = set(cfg) - known
         if unknown:
-            raise ValueError(f"data.tokenizer: unknown keys {sorted(unknown)}; valid: {sorted(known | {'path'})}")
+            raise ValueError(f"data.tokenizer: unknown keys {sorted(unknown)}; valid: {sorted(known)}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> TokenizerSpec:
+        cls.check_keys(cfg)
+        cfg = dict(cfg)
         cfg.pop("path", None)
         cfg["extra_special_tokens"] = tuple(cfg.get("extra_special_tokens") or ())
         return cls(**cfg)

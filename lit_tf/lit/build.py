@@ -66,9 +66,9 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
     "clm": ObjectiveSpec(lambda cfg, ctx: CausalLMObjective(fused_loss=ctx.fused_lm_loss), data="causal"),
     "xlm": ObjectiveSpec(_cross_lingual, data="crosslingual"),
     "electra": ObjectiveSpec(  # ELECTRA's replaced-token detection (Clark et al., 2020) on masked-LM batches
-        lambda cfg, ctx: ReplacedTokenDetectionObjective(
-            rtd_weight=float(cfg.get("rtd_weight", 50.0)), gen_weight=float(cfg.get("gen_weight", 1.0)),
-            temperature=float(cfg.get("temperature", 1.0)), fused_loss=ctx.fused_lm_loss),
+        lambda cfg, ctx: ReplacedTokenDetectionObjective(  # keys left null keep the objective's own defaults
+            **{k: float(cfg[k]) for k in ("rtd_weight", "gen_weight", "temperature") if cfg.get(k) is not None},
+            fused_loss=ctx.fused_lm_loss),
         metric=ReplacedTokenMetrics),
 }
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lit_tf.lit.optim import build_optimizer, lr_lambda, warmup_steps_for
+from lit_tf.lit.optim import OptimConfig, build_optimizer
 from lit_tf.lit.parallel import holds_full_gradients
 
 # Terms whose exp(loss) is a perplexity worth reporting.
@@ -39,10 +39,8 @@ class LitModule(L.LightningModule):
     objective: callable `(model, batch, step) -> ObjectiveOutput` with `terms` (train) and
         `val_terms` (validation metric names); an `nn.Module` objective's parameters are trained too.
     optimizer: a partial `torch.optim` constructor taking parameter groups (e.g. AdamW(lr=...)).
-    weight_decay: applied to >= 2-D weights only.
-    schedule: "linear" | "cosine" | "constant" decay after warmup.
-    warmup_steps / warmup_ratio: warmup length (steps wins when >= 0).
-    min_lr_ratio: floor of the decayed LR as a fraction of the peak.
+    optim: weight decay (>= 2-D weights only), warmup and decay schedule (`lit_tf.lit.optim.OptimConfig`;
+        None: its defaults).
     meta: what a checkpoint needs to rebuild the model without the config tree (family, model
         config, tokenizer, languages...); stored under `checkpoint["lit_tf"]`.
     eval_metrics: optional factory of an evaluation metric module (`update(preds, target)`,
@@ -54,15 +52,13 @@ class LitModule(L.LightningModule):
 
     def __init__(
         self, model: nn.Module, objective: Callable, optimizer: Callable[..., torch.optim.Optimizer], *,
-        weight_decay: float = 0.01, schedule: str = "linear", warmup_steps: int | None = None,
-        warmup_ratio: float = 0.0, min_lr_ratio: float = 0.0, meta: Mapping[str, Any] | None = None,
+        optim: OptimConfig | None = None, meta: Mapping[str, Any] | None = None,
         eval_metrics: Callable[[], nn.Module] | None = None, val_streams: tuple[str, ...] = ("",),
         test_streams: tuple[str, ...] = ("",),
     ) -> None:
         super().__init__()
         self.model, self.objective, self.optimizer_factory = model, objective, optimizer
-        self.weight_decay, self.schedule, self.min_lr_ratio = weight_decay, schedule, min_lr_ratio
-        self.warmup_steps, self.warmup_ratio = warmup_steps, warmup_ratio
+        self.optim = optim or OptimConfig()
         self.meta = dict(meta or {})
         self.val_names = tuple(dict.fromkeys((*objective.val_terms, *objective.terms)))
         self.val_loss = nn.ModuleDict({_key(t): MeanMetric() for t in self.val_names})
@@ -211,10 +207,9 @@ class LitModule(L.LightningModule):
         self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
 
     def configure_optimizers(self):
-        opt = build_optimizer(self, self.optimizer_factory, self.weight_decay)  # model + objective heads
+        opt = build_optimizer(self, self.optimizer_factory, self.optim.weight_decay)  # model + objective heads
         total = self._total_steps()
         if not math.isfinite(total) or total <= 0:
             raise ValueError("set trainer.max_steps (or max_epochs) so the LR schedule knows its length")
-        warmup = warmup_steps_for(total, self.warmup_steps, self.warmup_ratio)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, warmup, self.schedule, self.min_lr_ratio))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.optim.lr_lambda(total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}

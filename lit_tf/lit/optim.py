@@ -1,14 +1,42 @@
-"""Optimizer parameter groups and learning-rate schedules (warmup + linear/cosine/constant decay)."""
+"""Optimizer parameter groups and learning-rate schedules (warmup + linear/cosine/constant decay),
+and the typed `optim` config group."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from lit_tf.objectives.config import Config
+
 SCHEDULES = ("linear", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class OptimConfig(Config):
+    """The `optim` group (conf/optim/*.yaml): the optimizer and its learning-rate schedule."""
+
+    group: ClassVar[str] = "optim"
+
+    optimizer: dict[str, Any] = field(default_factory=dict)  # a Hydra partial (`_target_`, `_partial_: true`, lr, ...)
+    weight_decay: float = 0.01  # applied to >= 2-D weights only (not biases or norms)
+    schedule: str = "linear"  # decay after warmup: linear | cosine | constant
+    warmup_steps: int | None = None  # warmup length in optimizer steps; null: warmup_ratio
+    warmup_ratio: float = 0.0  # warmup length as a share of the run's steps
+    min_lr_ratio: float = 0.0  # LR floor as a fraction of the peak
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule={self.schedule!r} is not one of {list(SCHEDULES)}")
+
+    def lr_lambda(self, total_steps: int) -> Callable[[int], float]:
+        """The LR multiplier by optimizer step of a run of `total_steps` steps."""
+        warmup = warmup_steps_for(total_steps, self.warmup_steps, self.warmup_ratio)
+        return lr_lambda(total_steps, warmup, self.schedule, self.min_lr_ratio)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -22,9 +50,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_lambda(
-    total_steps: int, warmup_steps: int, schedule: str = "linear", min_lr_ratio: float = 0.0
-) -> Callable[[int], float]:
+def lr_lambda(total_steps: int, warmup_steps: int, schedule: str, min_lr_ratio: float) -> Callable[[int], float]:
     """Multiplier of the peak LR at optimizer step `step` (0-based)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"optim.schedule={schedule!r} is not one of {list(SCHEDULES)}")
@@ -49,10 +75,11 @@ def build_optimizer(
     return optimizer_factory(param_groups(model, weight_decay))
 
 
-def warmup_steps_for(total_steps: int, warmup_steps: int | None, warmup_ratio: float | None) -> int:
+def warmup_steps_for(total_steps: int, warmup_steps: int | None, warmup_ratio: float) -> int:
+    """`warmup_steps` when set (>= 0), else `warmup_ratio` of the run."""
     if warmup_steps is not None and warmup_steps >= 0:
         return int(warmup_steps)
-    return int(round((warmup_ratio or 0.0) * total_steps))
+    return int(round(warmup_ratio * total_steps))
 
 
 def trainable(params: Iterable[nn.Parameter]) -> int:

@@ -192,7 +192,7 @@ class Throughput(L.Callback):
         meta = getattr(pl_module, "meta", {}) or {}
         model, family = getattr(pl_module, "model", None), meta.get("family")
         dm = trainer.datamodule
-        seq_len = int(getattr(dm, "cfg", {}).get("max_seq_len", 0) or 0) if dm is not None else 0
+        seq_len = int(getattr(getattr(dm, "cfg", None), "max_seq_len", 0) or 0)
         if model is not None and family and seq_len:
             labels = meta.get("labels")
             self.flops_per_token = flops_per_token(family, model.cfg, meta.get("objective") or {}, seq_len,

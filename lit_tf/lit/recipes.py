@@ -14,7 +14,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lit_tf.errors import LitTfError
+from lit_tf.lit.optim import OptimConfig
 from lit_tf.lit.tasks import TASKS
+from lit_tf.objectives.config import ObjectiveConfig
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Built:
     tags: dict = field(default_factory=dict)  # run tags (fine-tuning lineage, the distillation teacher)
     task: Any = None  # the fine-tuning task's spec (lit_tf.lit.tasks), None for pretraining
     callbacks: list = field(default_factory=list)  # callbacks the run's recipe adds (the teacher's accuracy)
+    optim: OptimConfig = field(default_factory=OptimConfig)  # the `optim` group, checked with the others up front
 
 
 def _container(node) -> dict:
@@ -41,6 +44,24 @@ def _container(node) -> dict:
 def _distill_cfg(cfg: DictConfig) -> dict | None:
     node = cfg.get("distill")
     return _container(node) if node else None
+
+
+def run_configs(cfg: DictConfig) -> tuple[ObjectiveConfig, Any, OptimConfig]:
+    """The run's `objective`, `data` and `optim` groups, typed once here and passed down (the data
+    group's type follows the objective: a fine-tuning task's, or its pretraining data kind's). A
+    bad key or value fails here, before any checkpoint or data is read."""
+    from lit_tf.data.config import FineTuneDataConfig, pretraining_data_config
+    from lit_tf.lit.build import OBJECTIVES
+
+    objective = ObjectiveConfig.from_config(cfg.objective)
+    if objective.name in TASKS:
+        data = FineTuneDataConfig.from_config(cfg.data)
+    elif objective.name in OBJECTIVES:
+        data = pretraining_data_config(cfg.data, OBJECTIVES[objective.name].data)
+    else:
+        raise ValueError(f"objective.name={objective.name!r} is not one of {sorted(OBJECTIVES)} "
+                         f"(pretraining) or {sorted(TASKS)} (fine-tuning)")
+    return objective, data, OptimConfig.from_config(cfg.optim)
 
 
 def build_pretraining(cfg: DictConfig, ckpt_file: Path | None = None, *, tracking_uri: str = "",
@@ -53,28 +74,25 @@ def build_pretraining(cfg: DictConfig, ckpt_file: Path | None = None, *, trackin
     from lit_tf.lit.build import OBJECTIVES, ObjectiveContext, build_model, build_objective
     from lit_tf.lit.checkpoint import resume_tokenizer
 
-    data, objective_cfg, dcfg = _container(cfg.data), _container(cfg.objective), _distill_cfg(cfg)
+    objective, data, optim = run_configs(cfg)
+    objective_cfg, dcfg = _container(cfg.objective), _distill_cfg(cfg)  # as the model and objective tables read them
+    if dcfg and objective.name != "mlm":
+        raise ValueError(f"distill: pretraining distillation trains objective=mlm, not {objective.name!r}")
+    spec = OBJECTIVES[objective.name]
     tokenizers_dir = Path(cfg.paths.cache_dir) / "tokenizers"
     # A resumed run keeps the tokenizer stored in its checkpoint (shards are keyed by its content).
-    given = (resume_tokenizer(ckpt_file, tokenizers_dir, (data.get("tokenizer") or {}).get("path"))
-             if ckpt_file is not None else None)
+    given = resume_tokenizer(ckpt_file, tokenizers_dir, data.tokenizer_path) if ckpt_file is not None else None
     teacher = None
     if dcfg:
-        if objective_cfg.get("name") != "mlm":
-            raise ValueError(f"distill: pretraining distillation trains objective=mlm, not {objective_cfg.get('name')!r}")
         teacher = distill.load_teacher(dcfg, "mlm", None, tracking_uri, where)
         given = given or materialize_tokenizer(teacher.tokenizer.to_str(), tokenizers_dir)  # the teacher's vocabulary
-    spec = OBJECTIVES.get(objective_cfg.get("name"))
-    if spec is None:
-        raise ValueError(f"objective.name={objective_cfg.get('name')!r} is not one of {sorted(OBJECTIVES)} "
-                         f"(pretraining) or {sorted(TASKS)} (fine-tuning)")
-    dm = build_datamodule(data, objective_cfg, spec.data, cache_dir=str(cfg.paths.cache_dir), seed=int(cfg.seed),
+    dm = build_datamodule(data, objective, spec.data, cache_dir=str(cfg.paths.cache_dir), seed=int(cfg.seed),
                           tokenizer=given)
     tok = dm.prepare()
     model_cfg = _container(cfg.model)
-    if int(model_cfg.get("max_seq_len", 0)) < int(cfg.data.max_seq_len):
+    if int(model_cfg.get("max_seq_len", 0)) < data.max_seq_len:
         raise ValueError(
-            f"data.max_seq_len={cfg.data.max_seq_len} exceeds model.max_seq_len={model_cfg.get('max_seq_len')}"
+            f"data.max_seq_len={data.max_seq_len} exceeds model.max_seq_len={model_cfg.get('max_seq_len')}"
         )
     languages = list(getattr(dm, "languages", []))
     if teacher is not None:
@@ -83,7 +101,7 @@ def build_pretraining(cfg: DictConfig, ckpt_file: Path | None = None, *, trackin
     ctx = ObjectiveContext(model=model, streams=dict(getattr(dm, "val_streams", None) or {}),
                            n_langs=max(2, len(languages)), fused_lm_loss=bool(cfg.speed.fused_lm_loss))
     built = Built(dm, model, build_objective(objective_cfg, ctx), model_cfg["family"], tok.digest[:16], tok.json_text,
-                  meta={"languages": languages}, module_kwargs=pretraining_metrics(objective_cfg))
+                  meta={"languages": languages}, module_kwargs=pretraining_metrics(objective), optim=optim)
     if teacher is not None:
         _distil(built, dcfg, teacher, "mlm", initialise=ckpt_file is None)
     return built
@@ -100,11 +118,11 @@ def _distil(built: Built, dcfg: dict, teacher, kind: str, initialise: bool) -> N
     built.callbacks.append(distill.TeacherAccuracy(built.objective, kind))
 
 
-def pretraining_metrics(objective_cfg: dict) -> dict:
+def pretraining_metrics(objective: ObjectiveConfig) -> dict:
     """The LitModule arguments of a pretraining objective that feeds an evaluation metric."""
     from lit_tf.lit.build import OBJECTIVES
 
-    spec = OBJECTIVES.get(objective_cfg.get("name"))
+    spec = OBJECTIVES.get(objective.name)
     return {"eval_metrics": spec.metric} if spec is not None and spec.metric is not None else {}
 
 
@@ -113,16 +131,16 @@ def build_finetuning(cfg: DictConfig, ckpt_file: Path | None = None, *, tracking
     """The encoder `init_from` names (checkpoint, MLflow run at `tracking_uri`, HF dir) or a fresh
     one, with the task's head, data, objective and metric."""
     from lit_tf.data.finetune_module import FineTuneDataModule
-    from lit_tf.data.tokenizer import PAD, TokenizerArtifact, TokenizerSpec, same_tokenizer, train_tokenizer
+    from lit_tf.data.tokenizer import PAD, TokenizerArtifact, same_tokenizer, train_tokenizer
     from lit_tf.lit import distill
     from lit_tf.lit.checkpoint import check_tokenizer_path, resume_tokenizer
     from lit_tf.lit.init_from import build_classifier, check_max_seq_len, resolve_init
 
-    task = TASKS[cfg.objective.name]
-    data, dcfg = _container(cfg.data), _distill_cfg(cfg)
-    given_path = (data.get("tokenizer") or {}).get("path")  # data.tokenizer.path
+    objective, data, optim = run_configs(cfg)
+    task, dcfg = TASKS[objective.name], _distill_cfg(cfg)
+    given_path = data.tokenizer_path
     init = resolve_init(cfg.get("init_from"), tracking_uri, where)
-    check_max_seq_len(init, int(data["max_seq_len"]))
+    check_max_seq_len(init, data.max_seq_len)
     tokenizer = init.tokenizer  # the encoder's own (checkpoint, MLflow run, HF dir), or None from scratch
     teacher = distill.load_teacher(dcfg, "cls", task.name, tracking_uri, where) if dcfg else None
     if teacher is not None:  # the student reads the teacher's input ids
@@ -143,8 +161,7 @@ def build_finetuning(cfg: DictConfig, ckpt_file: Path | None = None, *, tracking
     dm = FineTuneDataModule(data, task.data, tokenizer, lang_ids={lg: i for i, lg in enumerate(langs)} if langs else None,
                             seed=int(cfg.seed))
     if tokenizer is None:  # scratch baseline: a tokenizer trained on the fine-tuning text
-        dm.tok = tokenizer = train_tokenizer(TokenizerSpec.from_config(data.get("tokenizer") or {}),
-                                             dm.tokenizer_texts())
+        dm.tok = tokenizer = train_tokenizer(data.tokenizer_spec(), dm.tokenizer_texts())
     dm.setup()
     labels = list(dm.labels.names)
     model_cfg = _container(cfg.model)
@@ -161,11 +178,10 @@ def build_finetuning(cfg: DictConfig, ckpt_file: Path | None = None, *, tracking
         tags["lit_tf.parent_run_id"] = init.parent_run_id  # lineage: the pretraining run
         tags["mlflow.parentRunId"] = init.parent_run_id
     built = Built(dm, model, task.objective(), family_of(model).name, hashlib.sha256(tok_json.encode()).hexdigest()[:16],
-                  tok_json, meta={"task": task.name, "labels": labels, "languages": langs,
-                                  "scheme": str(data.get("scheme", "IOB2"))},
+                  tok_json, meta={"task": task.name, "labels": labels, "languages": langs, "scheme": data.scheme},
                   module_kwargs={"eval_metrics": lambda: task.metric(labels, data), "val_streams": dm.val_streams,
                                  "test_streams": dm.test_streams},
-                  tags=tags, task=task)
+                  tags=tags, task=task, optim=optim)
     if teacher is not None:
         _distil(built, dcfg, teacher, "cls", initialise=ckpt_file is None)
     return built
@@ -197,19 +213,14 @@ def trainer_settings(cfg: DictConfig, built: Built) -> tuple[dict, str]:
 
 
 def build_module(cfg: DictConfig, built: Built):
-    """The LitModule training `built` with the `optim` config; its checkpoints carry `built.meta`."""
+    """The LitModule training `built` with its `optim` group; its checkpoints carry `built.meta`."""
     from lit_tf import __version__
     from lit_tf.lit.module import LitModule
 
     built.meta.update(family=built.family, model_config=built.model.cfg.to_dict(), objective=_container(cfg.objective),
                       tokenizer_key=built.tokenizer_key, tokenizer_json=built.tokenizer_json, lit_tf_version=__version__)
-    optim = cfg.optim
-    return LitModule(
-        built.model, built.objective, hydra.utils.instantiate(optim.optimizer),
-        weight_decay=float(optim.weight_decay), schedule=str(optim.schedule),
-        warmup_steps=optim.get("warmup_steps"), warmup_ratio=float(optim.get("warmup_ratio") or 0.0),
-        min_lr_ratio=float(optim.get("min_lr_ratio") or 0.0), meta=built.meta, **built.module_kwargs,
-    )
+    return LitModule(built.model, built.objective, hydra.utils.instantiate(built.optim.optimizer), optim=built.optim,
+                     meta=built.meta, **built.module_kwargs)
 
 
 def instantiate_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list:

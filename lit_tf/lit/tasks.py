@@ -9,7 +9,7 @@ supports it, and its YAML.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ class TaskSpec:
     name: str  # `objective.name`, and the key of the head in each family spec's `heads`
     data: TaskData  # reader, label policy, encoder, collator
     objective: Callable[[], Any]  # () -> the objective callable
-    metric: Callable[[Sequence[str], Mapping[str, Any]], nn.Module]  # (labels, data config) -> evaluation metric
+    metric: Callable[[Sequence[str], Any], nn.Module]  # (labels, FineTuneDataConfig) -> evaluation metric
     predict: Callable[..., str]  # (line, tokenizer, logits_of, labels, top) -> output line (lit_tf.lit.predict)
     confusion: bool  # report a confusion matrix and per-class precision / recall / F1
     # matmul weights the head applies per token on average: (d_model, num_labels, seq_len) -> weights
@@ -42,7 +42,7 @@ TASKS: dict[str, TaskSpec] = {
     ),
     "token_cls": TaskSpec(
         name="token_cls", data=TOKEN_DATA, objective=TokenClassificationObjective,
-        metric=lambda labels, data: TaggingMetrics(labels, str(data.get("scheme", "IOB2"))), predict=predict_tokens,
+        metric=lambda labels, data: TaggingMetrics(labels, data.scheme), predict=predict_tokens,
         confusion=False, head_weights=lambda d, k, seq_len: d * k,
     ),
 }

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lit_tf.objectives.config import MaskingConfig, check_masking
 from lit_tf.objectives.losses import IGNORE_INDEX
 
 __all__ = ["keyed_uniform", "mask_tokens", "word_ids_from_word_starts"]
@@ -48,17 +49,7 @@ def _validate(
         raise ValueError(
             f"word_ids shape {tuple(word_ids.shape)} != input_ids shape {tuple(input_ids.shape)}"
         )
-    if not 0.0 < mlm_probability < 1.0:
-        raise ValueError(f"mlm_probability must be in (0, 1); got {mlm_probability}")
-    if not 0.0 <= mask_ratio <= 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1]; got {mask_ratio}")
-    if not 0.0 <= random_ratio <= 1.0:
-        raise ValueError(f"random_ratio must be in [0, 1]; got {random_ratio}")
-    if mask_ratio + random_ratio > 1.0 + 1e-9:
-        raise ValueError(
-            f"mask_ratio + random_ratio must be <= 1; got {mask_ratio} + {random_ratio} = "
-            f"{mask_ratio + random_ratio}"
-        )
+    check_masking(mlm_probability, mask_ratio, random_ratio)
     if not 0 <= mask_id < vocab_size:
         raise ValueError(f"mask_id {mask_id} is outside the vocabulary [0, {vocab_size})")
     if random_ratio > 0 and not 0 <= random_token_low < vocab_size:
@@ -137,9 +128,9 @@ def mask_tokens(
     mask_id: int,
     vocab_size: int,
     row_seeds: Tensor,
-    mlm_probability: float = 0.15,
-    mask_ratio: float = 0.8,
-    random_ratio: float = 0.1,
+    mlm_probability: float = MaskingConfig.mlm_probability,
+    mask_ratio: float = MaskingConfig.mask_ratio,
+    random_ratio: float = MaskingConfig.random_ratio,
     word_ids: Tensor | None = None,
     random_token_low: int = 0,
 ) -> tuple[Tensor, Tensor]:
