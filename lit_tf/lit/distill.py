@@ -145,6 +145,9 @@ def _blocks(spec: FamilySpec, model: nn.Module) -> list[nn.Module]:
 def tags(teacher: Teacher, student: nn.Module) -> dict[str, str]:
     """Run tags: where the teacher came from and the student/teacher size ratio."""
     n_student = sum(p.numel() for p in student.parameters())
+    if n_student >= teacher.n_params:
+        log.warning("distill: the student (%d parameters) is not smaller than the teacher (%d)", n_student,
+                    teacher.n_params)
     out = {"lit_tf.teacher": str(teacher.source.path), "lit_tf.teacher_params": str(teacher.n_params),
            "lit_tf.student_teacher_param_ratio": f"{n_student / max(teacher.n_params, 1):.3f}"}
     if teacher.source.parent_run_id:
