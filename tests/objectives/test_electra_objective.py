@@ -114,6 +114,9 @@ def test_sampling_follows_the_softmax_not_the_argmax():
     cold = torch.bincount(sample_replacements(logits, temperature=0.05), minlength=3)
     assert cold[0] > 19900  # a low temperature approaches the arg-max
     assert sample_replacements(torch.zeros(0, 3)).shape == (0,)
+    # a token of probability zero is never drawn, wherever it sits in the vocabulary
+    masked = torch.tensor([[-float("inf"), 0.0, -float("inf"), 0.0, -float("inf")]]).expand(5000, 5)
+    assert set(sample_replacements(masked).tolist()) == {1, 3}
 
 
 # ----------------------------------------------------------------------------- gradients and loss
