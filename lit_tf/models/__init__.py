@@ -12,10 +12,25 @@ from lit_tf.models.bert import (
     BertNSPHead,
     BertPooler,
 )
+from lit_tf.models.decoding import beam_search, greedy_decode
 from lit_tf.models.generation import filter_logits, generate
 from lit_tf.models.gpt import GPTBlock, GPTConfig, GPTForCausalLM, GPTModel
 from lit_tf.models.layers import ACTIVATIONS, FeedForward, KVCache, MultiHeadAttention, count_parameters
-from lit_tf.models.outputs import CausalLMOutput, ClassifierOutput, EncoderOutput, PreTrainingOutput
+from lit_tf.models.outputs import (
+    CausalLMOutput,
+    ClassifierOutput,
+    EncoderOutput,
+    PreTrainingOutput,
+    Seq2SeqOutput,
+)
+from lit_tf.models.seq2seq import (
+    DecoderBlock,
+    EncoderBlock,
+    Seq2SeqBlock,
+    Seq2SeqConfig,
+    Seq2SeqModel,
+    init_from_xlm,
+)
 from lit_tf.models.xlm import (
     GradReverse,
     LanguageDiscriminator,
@@ -43,6 +58,8 @@ __all__ = [
     "BertPooler",
     "CausalLMOutput",
     "ClassifierOutput",
+    "DecoderBlock",
+    "EncoderBlock",
     "EncoderOutput",
     "FeedForward",
     "GPTBlock",
@@ -54,15 +71,22 @@ __all__ = [
     "LanguageDiscriminator",
     "MultiHeadAttention",
     "PreTrainingOutput",
+    "Seq2SeqBlock",
+    "Seq2SeqConfig",
+    "Seq2SeqModel",
+    "Seq2SeqOutput",
     "XLMConfig",
     "XLMEmbeddings",
     "XLMForPreTraining",
     "XLMForSequenceClassification",
     "XLMForTokenClassification",
     "XLMModel",
+    "beam_search",
     "count_parameters",
     "filter_logits",
     "generate",
     "grad_reverse",
+    "greedy_decode",
+    "init_from_xlm",
     "mean_pool",
 ]

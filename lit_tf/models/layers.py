@@ -243,7 +243,8 @@ class MultiHeadAttention(nn.Module):
     """Multi-head scaled dot-product attention with separate q/k/v/out projections.
 
     ``forward`` is for encoders and full-sequence (training) passes; ``forward_with_cache``
-    is for incremental causal decoding with a key/value cache.
+    is for incremental causal decoding with a key/value cache; ``project_kv`` + ``attend_kv``
+    are cross-attention (queries from one sequence, keys/values projected once from another).
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True):
@@ -338,6 +339,26 @@ class MultiHeadAttention(nn.Module):
             mask = mask.tril(diagonal=T_past)
         out = self._attend(q, k, v, mask=mask, is_causal=False)
         return out, (k, v)
+
+    # Cross-attention (an encoder-decoder's decoder attending to the encoder output) in two halves,
+    # so a decoder computes the keys/values of a source once and reuses them at every decoding step.
+    def project_kv(self, memory: Tensor) -> KVCache:
+        """Keys and values of ``memory`` (B, S, C) -> (k, v), each (B, H, S, Dh)."""
+        k = self._split_heads(self.k_proj(memory))  # (B, H, S, Dh)
+        v = self._split_heads(self.v_proj(memory))  # (B, H, S, Dh)
+        return k, v
+
+    def attend_kv(self, x: Tensor, kv: KVCache, key_padding_mask: Tensor | None = None) -> Tensor:
+        """Queries from ``x`` (B, T, C) attend to the projected keys/values ``kv`` (from
+        `project_kv`, each (B, H, S, Dh)) -> (B, T, C). key_padding_mask: optional (B, S) bool,
+        True = real key, False = padding (never attended to). No causal mask: every query sees
+        every real key."""
+        k, v = kv
+        q = self._split_heads(self.q_proj(x))  # (B, H, T, Dh)
+        mask = None
+        if key_padding_mask is not None:
+            mask = key_padding_mask.bool().view(k.shape[0], 1, 1, k.shape[2])  # (B, 1, 1, S)
+        return self._attend(q, k, v, mask=mask, is_causal=False)
 
 
 class FeedForward(nn.Module):

@@ -53,3 +53,15 @@ class ClassifierOutput:
 
     hidden: Tensor  # (B, T, C) final-layer hidden states of the encoder
     logits: Tensor  # (B, num_labels) for sequence classification, (B, T, num_labels) for token classification
+
+
+@dataclass
+class Seq2SeqOutput:
+    """Output of ``Seq2SeqModel`` (an encoder-decoder): next-token logits of the target (unshifted:
+    lm_logits at decoder position t score the target token that follows decoder input t)."""
+
+    hidden: Tensor  # (B, T, C) final decoder hidden states (after the decoder's final LayerNorm, if any)
+    # (B, T, V_tgt); (N, V_tgt) at the N selected positions when target_positions was given
+    # (rows in row-major order of the True entries)
+    lm_logits: Tensor
+    encoder_hidden: Tensor  # (B, S, C) final encoder hidden states

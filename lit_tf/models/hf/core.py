@@ -83,6 +83,7 @@ class Arch:
     task: str  # the lit_tf task whose rules name exactly this architecture's keys
     hf_base: str  # prefix of the encoder keys ("bert.", "transformer." or "" for bare encoders)
     extra_keys: tuple[str, ...] = ()  # further known keys we never map
+    config_class: str | None = None  # its transformers config class when not the family's (MBart within BART's family)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,9 @@ class HFMapping:
     export_refusals: Mapping[str, str] = field(default_factory=dict)
     # keyword of the head models' classifier dropout in HF configs (None: the family has none)
     classifier_dropout_key: str | None = None
+    # (lit_tf task, our config) -> the HF architecture export writes, when the config decides it
+    # (a pre-LN seq2seq model is MBart, a post-LN one BART); None: `export[task]`
+    export_arch: Callable[[str, Any], str] | None = None
 
 
 def require(d: dict[str, Any], key: str, arch: str) -> Any:
@@ -182,8 +186,8 @@ def to_hf(model: nn.Module, labels: Sequence[str] | None = None) -> tuple[transf
     if task not in mapping.export:
         raise NotImplementedError(f"{type(model).__name__} has no exact HF counterpart; exportable: "
                                   f"{', '.join(sorted(set(mapping.export.values())))}")
-    arch = mapping.export[task]
     cfg = model.cfg
+    arch = mapping.export_arch(task, cfg) if mapping.export_arch else mapping.export[task]
     hf_dict = mapping.config_to_hf(cfg)
     hf_dict["architectures"] = [arch]
     if task in spec.heads:  # classifiers carry their label names
@@ -198,7 +202,7 @@ def to_hf(model: nn.Module, labels: Sequence[str] | None = None) -> tuple[transf
             hf_dict[mapping.classifier_dropout_key] = dropout
     elif labels is not None:
         raise ValueError(f"labels are only meaningful for classification models, not {type(model).__name__}")
-    hf_config = getattr(transformers, mapping.config_class)(**hf_dict)
+    hf_config = getattr(transformers, mapping.architectures[arch].config_class or mapping.config_class)(**hf_dict)
 
     ours = {k: v for k, v in model.state_dict().items() if not k.startswith(mapping.not_exported or ("\0",))}
     tied = aliases(model)
