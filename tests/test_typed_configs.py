@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from lit_tf.data.config import CrossLingualDataConfig, FineTuneDataConfig, MonoText, PretrainDataConfig
+from lit_tf.data.config import (
+    CrossLingualDataConfig,
+    FineTuneDataConfig,
+    MonoText,
+    PretrainDataConfig,
+    TranslationDataConfig,
+)
 from lit_tf.lit.optim import OptimConfig
 from lit_tf.lit.recipes import run_configs
 from lit_tf.objectives.config import ConfigError, MaskingConfig, ObjectiveConfig
@@ -24,8 +30,10 @@ def _names(group: str) -> list[str]:
 @pytest.mark.parametrize("name", _names("data"))
 def test_every_data_config_is_typed(compose, name):
     keys = compose([f"data={name}"]).data  # an objective that reads it: a task, or its pretraining kind
-    objective = "seq_cls" if "train" in keys else "mlm_tlm" if "languages" in keys else "mlm_nsp"
-    expected = {"seq_cls": FineTuneDataConfig, "mlm_tlm": CrossLingualDataConfig, "mlm_nsp": PretrainDataConfig}
+    objective = ("seq_cls" if "train" in keys else "translation" if "src_lang" in keys
+                 else "mlm_tlm" if "languages" in keys else "mlm_nsp")
+    expected = {"seq_cls": FineTuneDataConfig, "mlm_tlm": CrossLingualDataConfig, "mlm_nsp": PretrainDataConfig,
+                "translation": TranslationDataConfig}
     for extra in ([], ["debug=smoke"]):
         _, data, _ = run_configs(compose([f"data={name}", f"objective={objective}", *extra]))
         assert type(data) is expected[objective]

@@ -3,6 +3,7 @@
 - `PretrainDataConfig`: one corpus for masked or causal LM pretraining (files.yaml and the
   configs built on it: english, spanish, pydoc);
 - `CrossLingualDataConfig`: per-language text and parallel pairs (xlm_*.yaml);
+- `TranslationDataConfig`: parallel text for an encoder-decoder translator (wmt_*.yaml);
 - `FineTuneDataConfig`: a labelled table or CoNLL files (classification.yaml and those built on it).
 
 `lit_tf.lit.recipes` builds the one a run needs (`Cls.from_config(cfg.data)`, see
@@ -121,6 +122,53 @@ class CrossLingualDataConfig(DataConfig):
 
 
 @dataclass(frozen=True)
+class TranslationDataConfig(DataConfig):
+    """Parallel text for translation src_lang -> tgt_lang (conf/data/wmt_*.yaml).
+
+    `parallel` and `retrieval` take the cross-lingual config's form, so a translation run can read
+    the very files an XLM pretraining read: with the same files, val_fraction and max_pairs its
+    validation pairs are the pairs the XLM held out (lit_tf.data.crosslingual.build_or_load_parallel)."""
+
+    name: str = "mt"  # names its cache folders (<name>-<l1-l2>) and dataset records
+    languages: list[str] = field(default_factory=list)  # language-id order, [src, tgt] at least (XLM warm start: its own)
+    src_lang: str = ""  # translate from this language ...
+    tgt_lang: str = ""  # ... into this one
+    parallel: dict[str, ParallelText] | None = None  # line-aligned pairs l1-l2: "src-tgt", or "tgt-src" read swapped
+    retrieval: dict[str, RetrievalPair] | None = None  # held-out test sets: pairs with one of their sentences are dropped
+    val_fraction: float = 0.02  # held-out share of the pairs (the split is by pair index, as XLM's)
+    max_pairs: int | None = None  # use only the first N pairs (after dropping retrieval sentences)
+    max_val_pairs: int | None = None  # validation (loss and BLEU) reads only the first N held-out pairs
+    max_docs: int | None = None  # not read: debug=smoke sets it, max_pairs interpolates it
+    max_val_docs: int | None = None  # not read: likewise for max_val_pairs
+    tokenizer_chars: int = 20_000_000  # characters of training text (both sides) to train the shared vocabulary
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.src_lang or not self.tgt_lang or self.src_lang == self.tgt_lang:
+            raise ValueError(f"data.src_lang={self.src_lang!r} and data.tgt_lang={self.tgt_lang!r}: "
+                             "give two different languages")
+        for key in ("src_lang", "tgt_lang"):
+            if getattr(self, key) not in self.languages:
+                raise ValueError(f"data.{key}={getattr(self, key)!r} is not in data.languages={list(self.languages)}")
+        if self.max_seq_len < 3:
+            raise ValueError(f"data.max_seq_len={self.max_seq_len}: needs room for [CLS], a token and [SEP]")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction={self.val_fraction}: must be in (0, 1) (validation pairs are held out)")
+        self.direction()  # the pair exists
+
+    def direction(self) -> tuple[str, bool]:
+        """(the `parallel` pair read, whether its sides are swapped): "src-tgt" as is, else "tgt-src" swapped."""
+        pairs = dict(self.parallel or {})
+        forward, backward = f"{self.src_lang}-{self.tgt_lang}", f"{self.tgt_lang}-{self.src_lang}"
+        if forward in pairs:
+            return forward, False
+        if backward in pairs:
+            return backward, True
+        raise ValueError(f"data.parallel has no pair for data.src_lang={self.src_lang!r} -> data.tgt_lang="
+                         f"{self.tgt_lang!r}: name one {forward!r} (or {backward!r}); it has {sorted(pairs) or 'none'}")
+
+
+@dataclass(frozen=True)
 class ConllColumns(Config):
     """`data.conll`: where the token and its tag sit on a CoNLL line."""
 
@@ -156,19 +204,32 @@ class FineTuneDataConfig(DataConfig):
     pad_to_multiple_of: int | None = None  # pad each batch to its longest row, rounded up to this
 
 
-def pretraining_data_config(data: Any, kind: str) -> PretrainDataConfig | CrossLingualDataConfig:
+def _is_translation(data: Mapping) -> bool:
+    return bool({"src_lang", "tgt_lang"} & set(data))
+
+
+def pretraining_data_config(data: Any, kind: str
+                            ) -> PretrainDataConfig | CrossLingualDataConfig | TranslationDataConfig:
     """The typed `data` group of a pretraining objective reading `kind` batches ("crosslingual",
-    or one corpus as "masked"/"causal"); a data config of the other kind is an error saying so."""
-    crosslingual = kind == "crosslingual"
-    cls = CrossLingualDataConfig if crosslingual else PretrainDataConfig
+    "parallel" for translation, or one corpus as "masked"/"causal"); a data config of another kind
+    is an error saying so."""
+    cls = {"crosslingual": CrossLingualDataConfig, "parallel": TranslationDataConfig}.get(kind, PretrainDataConfig)
     if isinstance(data, cls):
         return data
     if isinstance(data, Config):  # typed for the other kind: check it as the mapping it came from
         data = data.to_dict()
-    if isinstance(data, Mapping) and not crosslingual and data.get("languages"):
-        raise ConfigError(f"data={data.get('name')!r} is a multilingual corpus: it needs objective=mlm_tlm "
-                          "(or another xlm objective)")
-    if isinstance(data, Mapping) and crosslingual and not {"languages", "mono"} & set(data):
-        raise ConfigError(f"data={data.get('name')!r} is a single corpus: a cross-lingual objective needs "
-                          "data with languages/mono/parallel, e.g. data=xlm_en_es")
+    if isinstance(data, Mapping):
+        name = data.get("name")
+        if kind == "parallel" and not _is_translation(data):
+            raise ConfigError(f"data={name!r} is not translation data: objective=translation needs data with "
+                              "src_lang/tgt_lang/parallel, e.g. data=wmt_en_es")
+        if kind != "parallel" and _is_translation(data):
+            raise ConfigError(f"data={name!r} is parallel text for translation (src_lang -> tgt_lang): it needs "
+                              "objective=translation")
+        if kind not in ("crosslingual", "parallel") and data.get("languages"):
+            raise ConfigError(f"data={name!r} is a multilingual corpus: it needs objective=mlm_tlm "
+                              "(or another xlm objective)")
+        if kind == "crosslingual" and not {"languages", "mono"} & set(data):
+            raise ConfigError(f"data={name!r} is a single corpus: a cross-lingual objective needs "
+                              "data with languages/mono/parallel, e.g. data=xlm_en_es")
     return cls.from_config(data)

@@ -16,7 +16,12 @@ from typing import Any
 import lightning as L
 
 from lit_tf.data import text
-from lit_tf.data.config import CrossLingualDataConfig, PretrainDataConfig, pretraining_data_config
+from lit_tf.data.config import (
+    CrossLingualDataConfig,
+    PretrainDataConfig,
+    TranslationDataConfig,
+    pretraining_data_config,
+)
 from lit_tf.data.pretraining import CLMCollator, MLMCollator, PackedBlockDataset, SentencePairDataset
 from lit_tf.data.records import DatasetRecord, shard_record
 from lit_tf.data.sampling import ResumableLoader, StreamBatchSampler, StreamDataModule
@@ -215,13 +220,18 @@ class PretrainDataModule(StreamDataModule):
         return DataLoader(self.val_set, batch_sampler=sampler, **self.loader_kwargs(self.collator()))
 
 
-def build_datamodule(data: PretrainDataConfig | CrossLingualDataConfig | Mapping, objective: ObjectiveConfig | Mapping,
-                     kind: str = "masked", **kwargs: Any) -> L.LightningDataModule:
+def build_datamodule(data: PretrainDataConfig | CrossLingualDataConfig | TranslationDataConfig | Mapping,
+                     objective: ObjectiveConfig | Mapping, kind: str = "masked", **kwargs: Any) -> L.LightningDataModule:
     """The DataModule an objective reads (`kind`, named by its entry in lit_tf.lit.build.OBJECTIVES):
-    "crosslingual" streams, or one corpus served as "masked" or "causal" LM batches."""
-    if kind not in ("masked", "causal", "crosslingual"):
-        raise ValueError(f"unknown pretraining data kind {kind!r}: expected masked, causal or crosslingual")
+    "crosslingual" streams, "parallel" translation pairs, or one corpus served as "masked" or
+    "causal" LM batches."""
+    if kind not in ("masked", "causal", "crosslingual", "parallel"):
+        raise ValueError(f"unknown pretraining data kind {kind!r}: expected masked, causal, crosslingual or parallel")
     data = pretraining_data_config(data, kind)
+    if isinstance(data, TranslationDataConfig):
+        from lit_tf.data.translation import TranslationDataModule
+
+        return TranslationDataModule(data, objective, **kwargs)
     if isinstance(data, CrossLingualDataConfig):
         from lit_tf.data.crosslingual import CrossLingualDataModule
 
