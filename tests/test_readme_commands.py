@@ -158,6 +158,10 @@ def _user_files(ws: Path, repo: Path) -> None:
         for para in (SHARED / "wikitext2" / "wiki.valid.raw").read_text().split("\n")[:1500]:
             if para.strip() and not para.strip().startswith("="):
                 f.write(json.dumps({"body": para.strip()}) + "\n")
+    laser = SHARED / "tatoeba_laser"  # sentences to translate, with their references
+    for ext, lang in (("en", "eng"), ("es", "spa")):
+        lines = (laser / f"tatoeba.spa-eng.{lang}").read_text(encoding="utf-8").split("\n")[:20]
+        (ws / "data" / f"news.{ext}").write_text("\n".join(lines) + "\n", encoding="utf-8")
     rows = [ln.split("\t") for ln in (SHARED / "xnli" / "dev-part1-en.tsv").read_text().split("\n") if ln.strip()]
     for name, part in (("train", rows[:600]), ("dev", rows[600:700]), ("test", rows[700:800])):
         with open(repo / f"{name}.jsonl", "w") as f:

@@ -17,6 +17,7 @@ from lit_tf.models import LanguageDiscriminator
 from lit_tf.models.families import FAMILIES, family
 from lit_tf.objectives.electra import ReplacedTokenDetectionObjective
 from lit_tf.objectives.pretraining import CausalLMObjective, CrossLingualObjective, MaskedLMObjective
+from lit_tf.objectives.translation import TranslationObjective
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class ObjectiveSpec:
     """A pretraining objective: how to build it, and the evaluation metric it feeds (if any)."""
 
     build: Callable[[Mapping[str, Any], ObjectiveContext], Any]
-    data: str = "masked"  # the batches it reads (lit_tf.data.datamodule.build_datamodule): masked, causal, crosslingual
+    data: str = "masked"  # the batches it reads (lit_tf.data.datamodule.build_datamodule): masked, causal, crosslingual, parallel
     metric: Callable[[], nn.Module] | None = None  # fed with the objective's `predictions` at validation
 
 
@@ -70,6 +71,10 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
             **{k: float(cfg[k]) for k in ("rtd_weight", "gen_weight", "temperature") if cfg.get(k) is not None},
             fused_loss=ctx.fused_lm_loss),
         metric=ReplacedTokenMetrics),
+    "translation": ObjectiveSpec(  # label-smoothed cross-entropy of an encoder-decoder on parallel pairs
+        lambda cfg, ctx: TranslationObjective(
+            **{k: float(cfg[k]) for k in ("label_smoothing",) if cfg.get(k) is not None}),
+        data="parallel"),
 }
 
 

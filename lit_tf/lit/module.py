@@ -21,7 +21,7 @@ from lit_tf.lit.optim import OptimConfig, build_optimizer
 from lit_tf.lit.parallel import holds_full_gradients
 
 # Terms whose exp(loss) is a perplexity worth reporting.
-PPL_TERMS = ("mlm", "clm", "tlm")
+PPL_TERMS = ("mlm", "clm", "tlm", "mt")
 
 
 def _flat_batches(batch: Mapping[str, Any]) -> list[Mapping[str, torch.Tensor]]:

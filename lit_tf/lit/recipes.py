@@ -82,6 +82,9 @@ def build_pretraining(cfg: DictConfig, ckpt_file: Path | None = None, *, trackin
     tokenizers_dir = Path(cfg.paths.cache_dir) / "tokenizers"
     # A resumed run keeps the tokenizer stored in its checkpoint (shards are keyed by its content).
     given = resume_tokenizer(ckpt_file, tokenizers_dir, data.tokenizer_path) if ckpt_file is not None else None
+    init = _warm_start_source(cfg, tracking_uri, where)
+    if init is not None and given is None:  # a warm start reads the checkpoint's vocabulary
+        given = materialize_tokenizer(init.tokenizer.to_str(), tokenizers_dir)
     teacher = None
     if dcfg:
         teacher = distill.load_teacher(dcfg, "mlm", None, tracking_uri, where)
@@ -90,21 +93,67 @@ def build_pretraining(cfg: DictConfig, ckpt_file: Path | None = None, *, trackin
                           tokenizer=given)
     tok = dm.prepare()
     model_cfg = _container(cfg.model)
-    if int(model_cfg.get("max_seq_len", 0)) < data.max_seq_len:
+    if init is not None:  # the positions come from the checkpoint
+        from lit_tf.lit.init_from import check_max_seq_len
+
+        check_max_seq_len(init, data.max_seq_len)
+    elif int(model_cfg.get("max_seq_len", 0)) < data.max_seq_len:
         raise ValueError(
             f"data.max_seq_len={data.max_seq_len} exceeds model.max_seq_len={model_cfg.get('max_seq_len')}"
         )
     languages = list(getattr(dm, "languages", []))
     if teacher is not None:
         model_cfg = distill.student_config(dcfg, teacher, model_cfg)
-    model = build_model(model_cfg, objective_cfg, tok.vocab_size, pad_id=tok.special_id(PAD), languages=languages)
+    tags: dict = {}
+    if init is not None:
+        model, languages, tags = _warm_started(cfg, model_cfg, objective_cfg, init, dm, copy=ckpt_file is None)
+    else:
+        model = build_model(model_cfg, objective_cfg, tok.vocab_size, pad_id=tok.special_id(PAD), languages=languages)
     ctx = ObjectiveContext(model=model, streams=dict(getattr(dm, "val_streams", None) or {}),
                            n_langs=max(2, len(languages)), fused_lm_loss=bool(cfg.speed.fused_lm_loss))
     built = Built(dm, model, build_objective(objective_cfg, ctx), model_cfg["family"], tok.digest[:16], tok.json_text,
-                  meta={"languages": languages}, module_kwargs=pretraining_metrics(objective), optim=optim)
+                  meta={"languages": languages}, module_kwargs=pretraining_metrics(objective), optim=optim, tags=tags)
     if teacher is not None:
         _distil(built, dcfg, teacher, "mlm", initialise=ckpt_file is None)
     return built
+
+
+def _warm_start_source(cfg: DictConfig, tracking_uri: str, where: str | None):
+    """The checkpoint a pretraining-style run (e.g. translation) starts from (`init_from`), or None."""
+    if not cfg.get("init_from"):
+        return None
+    from lit_tf.lit.init_from import resolve_init
+    from lit_tf.models.families import family
+
+    spec = family(cfg.model.get("family"))
+    if spec.warm_start is None:
+        raise LitTfError(f"init_from={cfg.init_from}: a {spec.name!r} pretraining run cannot start from another "
+                         "checkpoint (init_from is for fine-tuning, and for the families that take a warm start: "
+                         "seq2seq from XLM); use ckpt_path to resume a run")
+    return resolve_init(cfg.init_from, tracking_uri, where)
+
+
+def _warm_started(cfg: DictConfig, model_cfg: dict, objective_cfg: dict, init, dm, *, copy: bool):
+    """(model, languages, lineage tags) of a run warm-started from `init` by its family's `warm_start`:
+    the family derives its config from the source's and copies the weights (not when resuming: the
+    weights then come from the run's own checkpoint)."""
+    from lit_tf.models.families import family
+
+    spec = family(model_cfg.get("family"))
+    try:
+        model, languages = spec.warm_start(model_cfg, objective_cfg, init, dm, copy)
+    except ValueError as e:
+        raise LitTfError(f"init_from={init.path}: {e}") from None
+    return model, languages, lineage_tags(cfg, init)
+
+
+def lineage_tags(cfg: DictConfig, init) -> dict[str, str]:
+    """Run tags naming where its weights started; an MLflow run as source becomes the parent run."""
+    tags = {"init_from": str(cfg.get("init_from") or "scratch"), "init_kind": init.kind}
+    if init.parent_run_id:
+        tags["lit_tf.parent_run_id"] = init.parent_run_id  # lineage: the pretraining run
+        tags["mlflow.parentRunId"] = init.parent_run_id
+    return tags
 
 
 def _distil(built: Built, dcfg: dict, teacher, kind: str, initialise: bool) -> None:
@@ -173,10 +222,7 @@ def build_finetuning(cfg: DictConfig, ckpt_file: Path | None = None, *, tracking
     from lit_tf.models.families import family_of
 
     tok_json = tokenizer.to_str()
-    tags = {"init_from": str(cfg.get("init_from") or "scratch"), "init_kind": init.kind}
-    if init.parent_run_id:
-        tags["lit_tf.parent_run_id"] = init.parent_run_id  # lineage: the pretraining run
-        tags["mlflow.parentRunId"] = init.parent_run_id
+    tags = lineage_tags(cfg, init)
     built = Built(dm, model, task.objective(), family_of(model).name, hashlib.sha256(tok_json.encode()).hexdigest()[:16],
                   tok_json, meta={"task": task.name, "labels": labels, "languages": langs, "scheme": data.scheme},
                   module_kwargs={"eval_metrics": lambda: task.metric(labels, data), "val_streams": dm.val_streams,

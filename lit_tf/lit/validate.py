@@ -35,10 +35,11 @@ def check_run_config(data: Mapping[str, Any], model: Mapping[str, Any], objectiv
 
     for key, optional in (("batch_size", False), ("val_batch_size", True), ("max_seq_len", False)):
         _positive_int(data, key, "data", optional)
-    builds_model = objective.get("name") not in TASKS or not init_from  # else the model comes from init_from
+    spec = FAMILIES.get(model.get("family"))
+    # else the model comes from init_from: a fine-tuned encoder, or a family's warm start (seq2seq from XLM)
+    builds_model = not init_from or (objective.get("name") not in TASKS and (spec is None or spec.warm_start is None))
     if not builds_model:
         return
-    spec = FAMILIES.get(model.get("family"))
     derived = spec.derived(objective, list(data.get("languages") or ["l1", "l2"])) if spec else {}
     # the vocabulary size comes from the tokenizer later; any valid one checks the rest of the config
     model_config(model, int(model.get("vocab_size") or 1000), pad_id=0, **derived)

@@ -35,8 +35,10 @@ from lit_tf.models.gpt import GPTBlock, GPTConfig, GPTForCausalLM, GPTModel
 from lit_tf.models.hf import bert as hf_bert
 from lit_tf.models.hf import electra as hf_electra
 from lit_tf.models.hf import gpt as hf_gpt
+from lit_tf.models.hf import seq2seq as hf_seq2seq
 from lit_tf.models.hf import xlm as hf_xlm
 from lit_tf.models.hf.core import HFMapping
+from lit_tf.models.seq2seq import Seq2SeqBlock, Seq2SeqConfig, Seq2SeqModel, Seq2SeqStack, init_from_xlm
 from lit_tf.models.xlm import (
     XLMConfig,
     XLMForPreTraining,
@@ -77,6 +79,10 @@ class FamilySpec:
     # matmul weights its pretraining heads apply per token on average, (config, objective config,
     # sequence length) -> weights (MFU's FLOPs count: lit_tf.lit.perf)
     head_weights: Callable[[Any, Mapping[str, Any], int], float] = lambda cfg, objective, seq_len: 0.0
+    # a run of this family started from another family's checkpoint (`init_from`, e.g. seq2seq from XLM):
+    # (model config fields, objective config, the source (lit_tf.lit.init_from.InitSource), the run's
+    # DataModule, copy weights?) -> (the model, its languages); None: only fine-tuning takes init_from
+    warm_start: Callable[[Mapping[str, Any], Mapping[str, Any], Any, Any, bool], tuple[nn.Module, list[str]]] | None = None
 
     # ------------------------------------------------------------------ building
     def make_config(self, fields: Mapping[str, Any]):
@@ -148,6 +154,40 @@ def _electra_head_weights(cfg: ElectraConfig, objective: Mapping[str, Any], seq_
     return generator + projections + gen_head + cfg.d_model * cfg.d_model + cfg.d_model
 
 
+# the model keys a warm start takes from its source checkpoint (a value given for them is ignored)
+_SHAPE_KEYS = ("vocab_size", "tgt_vocab_size", "d_model", "n_layers", "n_decoder_layers", "n_heads", "d_ff",
+               "max_seq_len", "pre_ln", "n_langs", "layer_norm_eps", "init_std", "activation")
+
+
+def _seq2seq_from_xlm(fields: Mapping[str, Any], objective: Mapping[str, Any], init: Any, dm: Any,
+                      copy: bool) -> tuple[nn.Module, list[str]]:
+    """An encoder-decoder warm-started from an XLM checkpoint (Lample & Conneau, 2019): its shapes,
+    layout, vocabulary and language embeddings; the data's source and target languages take the
+    XLM's language ids. `copy`: load the XLM's weights (not when resuming)."""
+    if init.family != "xlm":
+        raise ValueError(f"a seq2seq model is warm-started from an XLM checkpoint, not a {init.family!r} one")
+    languages = list(init.languages or [])
+    for key, lang in (("data.src_lang", dm.src_lang), ("data.tgt_lang", dm.tgt_lang)):
+        if init.config.use_lang_emb and lang not in languages:
+            raise ValueError(f"{key}={lang!r} is not a language the XLM was pretrained on ({languages})")
+    ids = {"src_lang_id": languages.index(dm.src_lang), "tgt_lang_id": languages.index(dm.tgt_lang)} \
+        if init.config.use_lang_emb else {}
+    kept = {k: v for k, v in fields.items() if k not in ("family", *_SHAPE_KEYS)}
+    cfg = Seq2SeqConfig.from_xlm(init.config, **kept, **ids)
+    model = Seq2SeqModel(cfg)
+    if copy:
+        init_from_xlm(model, init.model if init.model is not None else init.encoder)
+    return model, languages or [dm.src_lang, dm.tgt_lang]
+
+
+def _seq2seq_head_weights(cfg: Seq2SeqConfig, objective: Mapping[str, Any], seq_len: int) -> float:
+    """Beyond the encoder's blocks (what `perf.flops_per_token` counts per token): the decoder's
+    blocks (self- and cross-attention projections, FFN) and the tied output layer on every target token."""
+    C = cfg.d_model
+    decoder = cfg.decoder_layers * (8 * C * C + 2 * C * cfg.d_ff + 4 * seq_len * C)
+    return decoder + C * cfg.target_vocab_size
+
+
 def _xlm_derived(objective: Mapping[str, Any], languages: Sequence[str]) -> dict[str, Any]:
     # the data decides the language count and whether attention is causal
     return {"n_langs": max(1, len(languages)), "causal": objective.get("mono_term", "mlm") == "clm"}
@@ -183,6 +223,12 @@ FAMILIES: dict[str, FamilySpec] = {
         objectives=("electra",),
         heads={"seq_cls": ElectraForSequenceClassification, "token_cls": ElectraForTokenClassification},
         block=BertBlock, hf=hf_electra.MAPPING, head_weights=_electra_head_weights,
+    ),
+    "seq2seq": FamilySpec(
+        name="seq2seq", config=Seq2SeqConfig, encoder=Seq2SeqStack, encoder_attr="encoder",
+        pretraining={"translation": Seq2SeqModel}, pretraining_class=Seq2SeqModel, objectives=("translation",),
+        block=Seq2SeqBlock,  # its EncoderBlock and DecoderBlock both derive from it
+        hf=hf_seq2seq.MAPPING, head_weights=_seq2seq_head_weights, warm_start=_seq2seq_from_xlm,
     ),
 }
 

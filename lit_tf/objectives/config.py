@@ -214,5 +214,6 @@ class ObjectiveConfig(Config):
     rtd_weight: float | None = None  # the replaced-token-detection loss's weight (lambda, 50 in the paper)
     gen_weight: float | None = None  # the generator's MLM loss's weight
     temperature: float | None = None  # sampling temperature of the generator's softmax
+    label_smoothing: float | None = None  # translation: eps of the label-smoothed cross-entropy (null: 0.1)
     monitor: str | None = None  # metric for best-checkpoint selection (conf/callbacks: ${objective.monitor})
     monitor_mode: str | None = None  # min | max, for `monitor`

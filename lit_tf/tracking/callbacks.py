@@ -53,6 +53,29 @@ class SampleGenerator(L.Callback):
             tracking.log_text(trainer.logger, body, f"samples/{name}")
 
 
+class TranslationSamples(L.Callback):
+    """After each validation, log the sample translations of the run's `BleuEvaluator` as
+    `translations/step_<N>.txt` (MLflow text artifacts), and sacreBLEU's signatures once, as the tags
+    `sacrebleu.bleu` and `sacrebleu.chrf` (what `val/bleu` and `val/chrf` mean)."""
+
+    def __init__(self) -> None:
+        self._tagged = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lit_tf.lit.translation import BleuEvaluator
+
+        if trainer.sanity_checking or not trainer.is_global_zero or not isinstance(trainer.logger, tracking.MLFlowLogger):
+            return
+        evaluator = next((c for c in trainer.callbacks if isinstance(c, BleuEvaluator)), None)
+        if evaluator is None or evaluator.last is None:
+            return
+        tracking.log_text(trainer.logger, evaluator.last_samples, f"translations/step_{trainer.global_step:07d}.txt")
+        if not self._tagged and isinstance(trainer.logger, tracking.LitTfMLflowLogger):
+            tracking.set_tag(trainer.logger, "sacrebleu.bleu", evaluator.last.bleu_signature)
+            tracking.set_tag(trainer.logger, "sacrebleu.chrf", evaluator.last.chrf_signature)
+            self._tagged = True
+
+
 class DatasetInputs(L.Callback):
     """Log the DataModule's `dataset_records()` as the MLflow run's dataset inputs: training and
     validation data when fitting starts (after set-up, so counts are known), test data when

@@ -42,7 +42,7 @@ def test_every_experiment_instantiates(compose, experiment, debug):
     streams = {lang: "mlm" for lang in langs}
     objective = build_objective(obj, ObjectiveContext(model=model, streams=streams, n_langs=max(2, len(langs))))
     assert model.num_parameters() > 0 and objective.terms and objective.val_terms
-    assert cfg.model.max_seq_len >= cfg.data.max_seq_len
+    assert model.cfg.max_seq_len >= cfg.data.max_seq_len
     if debug == "smoke":
         assert cfg.trainer.max_steps <= 10 and cfg.model.d_model <= 64
 
