@@ -86,6 +86,23 @@ def read_lines(path: Path, n: int) -> list[str]:
     return [ln for ln in lines if ln.strip()][:n]
 
 
+def perplexity(model, dm) -> float:
+    """exp of the token-mean NLL over the validation batches (the checkpoint's own, recomputed)."""
+    import math
+
+    import torch
+
+    from lit_tf.objectives.translation import TranslationObjective
+
+    dm.setup()
+    obj, total, n = TranslationObjective(label_smoothing=0.0), 0.0, 0
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            s, k = obj(model, batch).terms["mt"]
+            total, n = total + float(s), n + int(k)
+    return math.exp(total / max(n, 1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--xlm", help="an XLM .ckpt written by train.py (skips the XLM pretraining)")
@@ -94,6 +111,8 @@ def main() -> None:
     ap.add_argument("--xlm-seq-len", type=int, default=128, help="tokens per XLM block / TLM pair")
     ap.add_argument("--mt-steps", type=int, help=f"translation steps of each run ({DEFAULT.mt_steps})")
     ap.add_argument("--val-every", type=int, help=f"validate (greedy BLEU) every N steps ({DEFAULT.val_every})")
+    ap.add_argument("--runs", nargs=2, metavar=("SCRATCH_CKPT", "XLM_INIT_CKPT"),
+                    help="score these two translation checkpoints (with --xlm) instead of training them")
     ap.add_argument("--lr", type=float, default=5e-4, help="peak LR of both translation runs")
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--timed", type=int, help=f"sentences translated in the speed test ({DEFAULT.timed})")
@@ -139,11 +158,14 @@ def report(a: argparse.Namespace, budget: Budget, root: Path) -> None:
               f"optim.optimizer.lr={a.lr}", *a.overrides]
     tok_file = root / "xlm_tokenizer.json"
     xlm.tokenizer.save(str(tok_file))
-    scratch = run([*common, "experiment=mt_en_es", "name=mt_scratch", "model.pre_ln=false",
-                   f"model.n_decoder_layers={xlm.model.cfg.n_layers}", *shape,
-                   f"+model.layer_norm_eps={xlm.model.cfg.layer_norm_eps}", f"data.tokenizer.path={tok_file}"],
-                  "scratch")
-    warm = run([*common, "experiment=mt_en_es_from_xlm", "name=mt_from_xlm", f"init_from={xlm_ckpt}"], "from XLM")
+    if a.runs:  # already trained: score them
+        scratch, warm = ({"best_ckpt": c, "wall_s": float("nan"), "bleu_history": []} for c in a.runs)
+    else:
+        scratch = run([*common, "experiment=mt_en_es", "name=mt_scratch", "model.pre_ln=false",
+                       f"model.n_decoder_layers={xlm.model.cfg.n_layers}", *shape,
+                       f"+model.layer_norm_eps={xlm.model.cfg.layer_norm_eps}", f"data.tokenizer.path={tok_file}"],
+                      "scratch")
+        warm = run([*common, "experiment=mt_en_es_from_xlm", "name=mt_from_xlm", f"init_from={xlm_ckpt}"], "from XLM")
 
     # 3. beam search on the validation pairs with each best checkpoint
     from lit_tf.cli.train import compose_config
@@ -152,14 +174,19 @@ def report(a: argparse.Namespace, budget: Budget, root: Path) -> None:
 
     cfg = compose_config([*common, "experiment=mt_en_es"])
     objective, data, _ = run_configs(cfg)
+    from lit_tf.data.tokenizer import materialize_tokenizer
+
+    # both runs read the XLM's vocabulary: so does the perplexity here
     dm = build_datamodule(data, objective, "parallel", cache_dir=str(root / "cache"), seed=a.seed,
-                          tokenizer=None)
+                          tokenizer=materialize_tokenizer(xlm.tokenizer.to_str(), root / "cache" / "tokenizers"))
     sources, references = dm.val_texts()
     beam = DecodeSettings(beam=a.beam)
     rows = {}
+    ppl = {}
     for name, m in (("from scratch", scratch), ("from XLM", warm)):
         loaded = load_checkpoint(m.get("best_ckpt") or m["last_ckpt"])
         model = loaded.model.eval()
+        ppl[name] = perplexity(model, dm)
         t0 = time.perf_counter()
         hyps = translate_texts(model, loaded.tokenizer, sources, beam)
         rows[name] = (m, score(hyps, references), time.perf_counter() - t0, loaded)
@@ -181,14 +208,14 @@ def report(a: argparse.Namespace, budget: Budget, root: Path) -> None:
     print(f"network (both runs): {xlm.model.cfg.n_layers}+{xlm.model.cfg.n_layers} layers, d_model "
           f"{xlm.model.cfg.d_model}, {xlm.model.cfg.n_heads} heads, d_ff {xlm.model.cfg.d_ff}, post-LN, vocabulary "
           f"{xlm.model.cfg.vocab_size} (the XLM's), pad {xlm.tokenizer.token_to_id(PAD)}")
-    print(f"translation budget: {budget.mt_steps} steps each, LR {a.lr}, seed {a.seed}; validation pairs: "
-          f"{len(sources)} (XLM's held-out en-es pairs)")
-    print(f"\n| init | params | train s | greedy val/bleu by step | BLEU (beam {a.beam}) | chrF (beam {a.beam}) | val/ppl |")
+    what = "given checkpoints" if a.runs else f"{budget.mt_steps} steps each, LR {a.lr}, seed {a.seed}"
+    print(f"translation budget: {what}; validation pairs: {len(sources)} (XLM's held-out en-es pairs)")
+    print(f"\n| init | params | train s | greedy val/bleu by step | BLEU (beam {a.beam}) | chrF (beam {a.beam}) | val ppl |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, (m, s, _, loaded) in rows.items():
-        curve = ", ".join(f"{st}: {b:.2f}" for st, b in m["bleu_history"])
+        curve = ", ".join(f"{st}: {b:.2f}" for st, b in m["bleu_history"]) or "-"
         print(f"| {name} | {loaded.model.num_parameters() / 1e6:.2f}M | {m['wall_s']:.0f} | {curve} | {s.bleu:.2f} "
-              f"| {s.chrf:.2f} | {m.get('val/ppl', float('nan')):.2f} |")
+              f"| {s.chrf:.2f} | {ppl[name]:.2f} |")
     print(f"\nsignatures: {rows['from XLM'][1].bleu_signature}; {rows['from XLM'][1].chrf_signature}")
     print(f"\n| decoding ({len(src)} Tatoeba sentences, {torch.get_num_threads()} threads) | seconds | sentences/s "
           "| BLEU | chrF |")

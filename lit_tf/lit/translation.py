@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,16 +54,48 @@ def encode_batch(tokenizer: Tokenizer, texts: Sequence[str], max_len: int, devic
     return ids.to(device), mask.to(device)
 
 
+_NO_SPACE_BEFORE = re.compile(r" ([.,;:!?%)\]}»])")
+_NO_SPACE_AFTER = re.compile(r"([(\[{¿¡«]) ")
+_NUMBER = re.compile(r"(\d) ([.,:]) (?=\d)")
+_APOSTROPHE = re.compile(r"(\w) (['-]) (?=\w)")  # don't, road-rollers
+
+
+def detokenize(text: str) -> str:
+    """Undo the spaces a punctuation-splitting tokenizer (BERT's pre-tokenizer, lit_tf's WordPiece and
+    BPE) puts around punctuation when it decodes: `¿ Dónde está ? Es 3 . 5 % , don ' t , non - stop` ->
+    `¿Dónde está? Es 3.5%, don't, non-stop`. Straight double quotes pair up left to right (opening ones lose
+    the space after them, closing ones the space before)."""
+    text = _NUMBER.sub(r"\1\2", text)
+    text = _APOSTROPHE.sub(r"\1\2", text)
+    text = _NO_SPACE_AFTER.sub(r"\1", _NO_SPACE_BEFORE.sub(r"\1", text))
+    if '"' in text:
+        parts, out = text.split('"'), []
+        for i, part in enumerate(parts):
+            if i % 2 == 1 and i < len(parts) - 1:  # inside a pair of quotes
+                part = part.strip()
+            out.append(part)
+        text = '"'.join(out)
+    return text
+
+
+def splits_punctuation(tokenizer: Tokenizer) -> bool:
+    """Whether decoding this tokenizer spaces out punctuation (its pre-tokenizer splits it off)."""
+    pre = tokenizer.pre_tokenizer
+    return pre is not None and type(pre).__name__ == "BertPreTokenizer"
+
+
 @torch.no_grad()
 def translate_texts(model: nn.Module, tokenizer: Tokenizer, texts: Sequence[str], settings: DecodeSettings = DecodeSettings(),
                     *, device: torch.device | str = "cpu", progress: bool = False) -> list[str]:
     """Translations of `texts`, in their order. Sentences are decoded in batches of similar length
-    (longest first); an empty line translates to an empty line. The model's train/eval mode is kept."""
+    (longest first); an empty line translates to an empty line; the output is detokenised (`detokenize`)
+    when the tokenizer spaces out punctuation. The model's train/eval mode is kept."""
     from lit_tf.models.decoding import beam_search, greedy_decode
 
     out: list[str] = [""] * len(texts)
     todo = sorted((i for i, t in enumerate(texts) if t.strip()), key=lambda i: -len(texts[i]))
     max_len = int(model.cfg.max_seq_len)
+    detok = splits_punctuation(tokenizer)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -78,7 +111,7 @@ def translate_texts(model: nn.Module, tokenizer: Tokenizer, texts: Sequence[str]
             hyps = beam_search(model, ids, mask, beam=settings.beam, length_penalty=settings.length_penalty,
                                early_stop=settings.early_stop, **kw)
         for i, h in zip(chunk, tokenizer.decode_batch(hyps, skip_special_tokens=True)):
-            out[i] = h
+            out[i] = detokenize(h) if detok else h
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
