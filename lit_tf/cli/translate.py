@@ -25,13 +25,11 @@ DECODE_KEYS = ("beam", "length_penalty", "max_len_ratio", "max_len_offset", "bat
 
 
 def _read_lines(path: str, key: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
+    from lit_tf.lit.callbacks import read_lines  # "\n" only: U+2028 or U+0085 inside a line stays in it
+
+    if not Path(path).is_file():
         raise SystemExit(f"error: {key}={path}: no such file")
-    lines = p.read_text(encoding="utf-8").split("\n")  # "\n" only: U+2028 or U+0085 inside a line stays in it
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
+    return read_lines(path, None)
 
 
 def _score(hyps: list[str], ref_path: str, out) -> None:

@@ -55,10 +55,8 @@ class Config:
         key = key or cls.group
         if isinstance(cfg, cls):
             return cfg
-        if hasattr(cfg, "_get_node"):  # an OmegaConf node: plain, resolved containers
-            from omegaconf import OmegaConf
-
-            cfg = OmegaConf.to_container(cfg, resolve=True)
+        if hasattr(cfg, "_get_node"):  # a composed (OmegaConf) node: plain containers, values resolved on access
+            cfg = _container(cfg)
         if cfg is None:
             cfg = {}
         if not isinstance(cfg, Mapping):
@@ -101,6 +99,16 @@ class Config:
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _container(node: Any) -> Any:
+    """A config node as plain dicts and lists, read through the Mapping / Sequence protocols (which
+    resolve interpolations), so this module needs no config framework of its own."""
+    if isinstance(node, Mapping):
+        return {k: _container(node[k]) for k in node}
+    if isinstance(node, typing.Sequence) and not isinstance(node, (str, bytes)):
+        return [_container(v) for v in node]
+    return node
 
 
 def _plain(value: Any) -> Any:
