@@ -106,7 +106,7 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     from lit_tf.lit.resume import RUN_FILE, write_json_atomic
     from lit_tf.models.layers import set_kernels
     from lit_tf.tracking import run as tracked
-    from lit_tf.tracking.callbacks import DatasetInputs
+    from lit_tf.tracking.callbacks import DatasetInputs, MetricsBeforeCheckpoints
 
     t0 = time.time()
     L.seed_everything(int(cfg.seed), workers=True)
@@ -136,7 +136,7 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     replicas, throughput, preemption = ReplicaCheck(), Throughput(cache_dir=str(cfg.paths.cache_dir)), Preemption()
     if run_end is not None:
         run_end.preemption = preemption
-    extra = [NonFiniteGuard(nonfinite), preemption, replicas, throughput, *([DatasetInputs()] if logger else []),
+    extra = [NonFiniteGuard(nonfinite), preemption, replicas, throughput, *([DatasetInputs(), MetricsBeforeCheckpoints()] if logger else []),
              *([pruning] if pruning else []), *built.callbacks, *callbacks]
     trainer = L.Trainer(**trainer_cfg, logger=logger or False, plugins=[AtomicCheckpointIO()],
                         callbacks=recipes.instantiate_callbacks(cfg, ckpt_dir) + extra, default_root_dir=str(out_dir))

@@ -76,6 +76,14 @@ class TranslationSamples(L.Callback):
             self._tagged = True
 
 
+class MetricsBeforeCheckpoints(L.Callback):
+    """Checkpoints never get ahead of the metric curves in the store (LitTfMLflowLogger.before_checkpoint)."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if isinstance(trainer.logger, tracking.LitTfMLflowLogger):
+            trainer.logger.before_checkpoint()
+
+
 class DatasetInputs(L.Callback):
     """Log the DataModule's `dataset_records()` as the MLflow run's dataset inputs: training and
     validation data when fitting starts (after set-up, so counts are known), test data when

@@ -248,6 +248,7 @@ class LitTfMLflowLogger(MLFlowLogger):
     unsent_file: Path | None = None  # where points the store never took are saved (set by make_logger)
     unsent: int = 0  # how many were saved there
     system_metrics = None  # MLflow's SystemMetricsMonitor while it samples (start_system_metrics)
+    _drain_next = False  # a checkpoint was just written: the next points logged are sent before going on
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:  # type: ignore[override]
@@ -262,6 +263,20 @@ class LitTfMLflowLogger(MLFlowLogger):
 
                 self._sender = MetricSender(self.experiment, self.run_id, str(self.store or self._tracking_uri))
             self._sender.put(points)
+            if self._drain_next:  # the step a checkpoint was written at: its points are logged after the save
+                self._drain_next = False
+                self._sender.drain()
+
+    @rank_zero_only
+    def before_checkpoint(self) -> None:
+        """A checkpoint is about to be written: the points logged so far go to the store first, and
+        the step's own points (Lightning logs them after its checkpoint callbacks) right after
+        they are logged. A kill -9 once training has gone past the checkpoint's step then loses
+        only points the resumed run recomputes. Does not wait during an outage (the points stay
+        queued and are sent once the store answers)."""
+        if self._sender is not None:
+            self._sender.drain()
+        self._drain_next = True
 
     def _points(self, metrics: Mapping[str, float], step: int | None) -> list:
         """Lightning's conversion (prefix, MLflow's allowed characters in names, no strings) to MLflow points."""

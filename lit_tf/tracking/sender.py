@@ -12,6 +12,9 @@ only reported by MLflow's logger and dropped: the run goes on with a hole in its
 - a batch that fails on a transient error (server down or restarting, 5xx, timeout, a locked
   SQLite store) goes back to the head of the queue and is sent again after a pause (1 s, 2 s,
   4 s, ... at most 30 s): nothing is lost however long the outage, as long as the run lasts;
+- `drain()` (a checkpoint is written) waits for the points queued so far to reach the store, unless
+  an outage is in progress: a checkpoint is never ahead of the curves in the store, so a kill -9
+  after it loses no point the resumed run will not recompute;
 - `flush()` (end of run) waits for the queue to drain. During a flush a transient failure ends
   the wait: after one more full attempt the points still queued are returned to the caller
   (which saves them and says so), as are points the store refuses outright (a 4xx answer).
@@ -34,6 +37,7 @@ from mlflow.entities import Metric
 log = logging.getLogger(__name__)
 
 MAX_POINTS_PER_BATCH = 1000  # MLflow's limit on metrics per log_batch request
+DRAIN_TIMEOUT_S = 30.0  # longest a checkpoint waits for queued points (a store that answers takes ms)
 PAUSE_S = (1.0, 30.0)  # pause after a failed attempt: first, longest (doubling in between)
 
 
@@ -90,6 +94,18 @@ class MetricSender:
                 self._flushing -= 1
             failed, self._failed = self._failed, []
         return failed
+
+    def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
+        """Wait until the points queued so far are in the store; give nothing up. Returns at once
+        during an outage (training never waits for a store that is away) and after `timeout_s`.
+        True when the queue is empty."""
+        end = time.monotonic() + timeout_s
+        with self._cv:
+            while (self._queue or self._busy) and self._outage is None:
+                if self._thread is None or not self._thread.is_alive() or (left := end - time.monotonic()) <= 0:
+                    break
+                self._cv.wait(min(left, 1.0))
+            return not (self._queue or self._busy)
 
     @property
     def outage(self) -> str | None:

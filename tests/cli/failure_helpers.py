@@ -52,3 +52,21 @@ class CrashAt(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
         if trainer.global_step == self.step:
             raise RuntimeError("simulated crash")
+
+
+class SlowStore(L.Callback):
+    """Every metric batch takes `delay_s` longer to reach the MLflow store (a busy shared store or
+    a distant server): the sender thread then still holds points when the process is killed."""
+
+    def __init__(self, delay_s: float = 0.5) -> None:
+        self.delay_s = float(delay_s)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        client = trainer.logger.experiment
+        send = client.log_batch
+
+        def slow_log_batch(*args, **kwargs):
+            time.sleep(self.delay_s)
+            return send(*args, **kwargs)
+
+        client.log_batch = slow_log_batch

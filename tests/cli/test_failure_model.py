@@ -98,7 +98,10 @@ def reference(tmp_path_factory, cache_dir):
 def test_kill_9_mid_epoch_then_resume_is_the_uninterrupted_run(tmp_path, cache_dir, reference):
     ref_ckpt, ref_loss = reference
     marker = tmp_path / "at_step"
-    proc = _start_and_wait(tmp_path, cache_dir, marker, *_block(7, marker))
+    # a slow store: points logged before the step 6 checkpoint are still queued in the sender when
+    # the kill comes, unless the checkpoint waited for them
+    slow = ["+callbacks.slow_store._target_=failure_helpers.SlowStore", "+callbacks.slow_store.delay_s=0.5"]
+    proc = _start_and_wait(tmp_path, cache_dir, marker, *_block(7, marker), *slow)
     proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: the process is gone at step 7
     proc.communicate(timeout=60)
     assert _ckpt(tmp_path)["global_step"] == 6  # the periodic last.ckpt (every 3 steps)

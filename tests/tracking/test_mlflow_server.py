@@ -279,6 +279,10 @@ def test_points_outliving_the_retry_budget_are_held_then_sent_or_saved(tmp_path,
         for step in range(1, 5):
             logger.log_metrics({"m": float(step)}, step=step)
         _wait_for("the sender to notice the outage", lambda: logger._sender.outage, 30)
+        t0 = time.monotonic()
+        logger.before_checkpoint()  # a checkpoint during the outage does not wait for the store ...
+        assert time.monotonic() - t0 < 5
+        assert not logger._sender._failed  # ... and gives none of the held points up (all 4 arrive below)
         server.start()
         logger.flush_metrics()  # one attempt now, instead of after the sender's pause
         assert _steps(client, logger.run_id, "m") == [0, 1, 2, 3, 4] and logger.unsent == 0
