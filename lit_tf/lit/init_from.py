@@ -53,8 +53,8 @@ def _from_checkpoint(path: str | Path, kind: str = "checkpoint", parent: str | N
     loaded = load_checkpoint(path, key=key)
     family = loaded.meta["family"]
     if family not in encoder_families():
-        raise CheckpointError(f"{key}={path}: a {family!r} model cannot be fine-tuned for classification; "
-                              f"use an encoder checkpoint ({', '.join(encoder_families())})")
+        raise CheckpointError(f"{key}={path}: a {family!r} checkpoint cannot initialise this run; {key} takes the "
+                              f"checkpoint of an encoder ({', '.join(encoder_families())})")
     return InitSource(kind, family, loaded.model.cfg, FAMILIES[family].encoder_of(loaded.model), loaded.tokenizer,
                       list(loaded.meta.get("languages") or []), parent, path=str(path), model=loaded.model,
                       meta=loaded.meta)

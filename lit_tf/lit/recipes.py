@@ -130,7 +130,16 @@ def _warm_start_source(cfg: DictConfig, tracking_uri: str, where: str | None):
         raise LitTfError(f"init_from={cfg.init_from}: a {spec.name!r} pretraining run cannot start from another "
                          "checkpoint (init_from is for fine-tuning, and for the families that take a warm start: "
                          "seq2seq from XLM); use ckpt_path to resume a run")
-    return resolve_init(cfg.init_from, tracking_uri, where)
+    init = resolve_init(cfg.init_from, tracking_uri, where)
+    takes = " or ".join(repr(f) for f in spec.warm_start_from)
+    if init.kind == "hf":
+        raise LitTfError(f"init_from={cfg.init_from}: a {spec.name!r} run starts from a lit_tf checkpoint (a .ckpt "
+                         f"or an MLflow run id) of a {takes} model, not a Hugging Face directory (those start "
+                         "fine-tuning runs)")
+    if init.family not in spec.warm_start_from:
+        raise LitTfError(f"init_from={cfg.init_from}: a {spec.name!r} run starts from a {takes} checkpoint, "
+                         f"not a {init.family!r} one")
+    return init
 
 
 def _warm_started(cfg: DictConfig, model_cfg: dict, objective_cfg: dict, init, dm, *, copy: bool):

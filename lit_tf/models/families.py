@@ -83,6 +83,7 @@ class FamilySpec:
     # (model config fields, objective config, the source (lit_tf.lit.init_from.InitSource), the run's
     # DataModule, copy weights?) -> (the model, its languages); None: only fine-tuning takes init_from
     warm_start: Callable[[Mapping[str, Any], Mapping[str, Any], Any, Any, bool], tuple[nn.Module, list[str]]] | None = None
+    warm_start_from: tuple[str, ...] = ()  # the families whose lit_tf checkpoints `warm_start` takes
 
     # ------------------------------------------------------------------ building
     def make_config(self, fields: Mapping[str, Any]):
@@ -229,6 +230,7 @@ FAMILIES: dict[str, FamilySpec] = {
         pretraining={"translation": Seq2SeqModel}, pretraining_class=Seq2SeqModel, objectives=("translation",),
         block=Seq2SeqBlock,  # its EncoderBlock and DecoderBlock both derive from it
         hf=hf_seq2seq.MAPPING, head_weights=_seq2seq_head_weights, warm_start=_seq2seq_from_xlm,
+        warm_start_from=("xlm",),
     ),
 }
 

@@ -153,6 +153,8 @@ TRAIN_ROWS = {
                                      ["init_from=0123456789abcdef0123456789abcdef", "no such MLflow run"]),
     "init_from_hf_t5": ([*FT, "init_from={bad}/t5"], ["init_from={bad}/t5", "T5ForConditionalGeneration",
                                                       "model_type 't5'", "BertForMaskedLM"]),
+    "mt_warm_start_from_bert": (["experiment=mt_en_es_from_xlm", "init_from={ckpt}"],
+                                ["init_from={ckpt}", "'seq2seq' run starts from a 'xlm' checkpoint", "not a 'bert'"]),
     "ckpt_path_last_no_run": (["name=never_trained", "ckpt_path=last"],
                               ["ckpt_path=last", "outputs/never_trained/runs/*/checkpoints/last.ckpt"]),
     "ckpt_path_random_bytes": (["ckpt_path={bad}/random.ckpt"], ["ckpt_path={bad}/random.ckpt", "not a PyTorch checkpoint"]),
