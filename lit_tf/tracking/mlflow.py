@@ -272,11 +272,13 @@ class LitTfMLflowLogger(MLFlowLogger):
         """A checkpoint is about to be written: the points logged so far go to the store first, and
         the step's own points (Lightning logs them after its checkpoint callbacks) right after
         they are logged. A kill -9 once training has gone past the checkpoint's step then loses
-        only points the resumed run recomputes. Does not wait during an outage (the points stay
-        queued and are sent once the store answers)."""
-        if self._sender is not None:
-            self._sender.drain()
-        self._drain_next = True
+        only points the resumed run recomputes. Does not wait during an outage, nor more than a few
+        seconds for a store that does not answer (the points stay queued and are sent once it does)."""
+        drained = self._sender is None or self._sender.drain()
+        if not drained and self._sender.outage is None:  # (an outage was reported when it began)
+            log.warning("MLflow at %s has not taken the metric points logged before this checkpoint yet; training "
+                        "goes on and they are sent once it answers", self.store or self._tracking_uri)
+        self._drain_next = drained  # a store that is slow or away now is not waited for twice
 
     def _points(self, metrics: Mapping[str, float], step: int | None) -> list:
         """Lightning's conversion (prefix, MLflow's allowed characters in names, no strings) to MLflow points."""

@@ -37,7 +37,8 @@ from mlflow.entities import Metric
 log = logging.getLogger(__name__)
 
 MAX_POINTS_PER_BATCH = 1000  # MLflow's limit on metrics per log_batch request
-DRAIN_TIMEOUT_S = 30.0  # longest a checkpoint waits for queued points (a store that answers takes ms)
+DRAIN_TIMEOUT_S = 5.0  # longest a checkpoint waits for queued points (a store that answers takes ms; a
+# request to a server that just went away can sit in MLflow's HTTP retries for a minute)
 PAUSE_S = (1.0, 30.0)  # pause after a failed attempt: first, longest (doubling in between)
 
 
