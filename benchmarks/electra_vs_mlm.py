@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _common import held_out_sst2
+
 # Sizes: the default fits ~30 minutes on 2 CPU cores; --quick is for the test (tiny, a few steps).
 DEFAULTS = dict(d_model=128, layers=4, heads=2, d_ff=512, seq_len=128, batch=32, vocab_size=8000, lr=1e-3,
                 bert_steps=1600, train_examples=3000, val_examples=2000, epochs=3, ft_lrs="3e-4,1e-3", ft_seeds=3,
@@ -191,16 +193,6 @@ class FineTuned:
     dev_acc_sd: float
     dev_f1: float
     by_lr: dict[float, float]  # mean held-out accuracy per LR
-
-
-def held_out_rows(shared: Path, root: Path, n_train: int, n_val: int) -> Path:
-    """The last n_val SST-2 train rows (never among the first n_train used for training)."""
-    header, *lines = (shared / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()
-    if n_train + n_val > len(lines):
-        raise SystemExit(f"--train-examples + --val-examples exceed the {len(lines)} SST-2 train rows")
-    path = root / "sst2_heldout.tsv"
-    path.write_text("\n".join([header, *lines[-n_val:]]) + "\n", encoding="utf-8")
-    return path
 
 
 def finetune(a: argparse.Namespace, root: Path, val_file: Path, init: str | None, tokenizer: Path) -> FineTuned:
@@ -373,7 +365,7 @@ def main() -> None:
         for f in ("wikitext2/wiki.valid.raw", "tinyshakespeare/input.txt", "sst2/train.tsv", "sst2/dev.tsv"):
             if not (shared / f).is_file():
                 raise SystemExit(f"shared data missing: {shared / f} (set LIT_TF_SHARED_DATA)")
-        val_file = held_out_rows(shared, root, a.train_examples, a.val_examples)
+        val_file = held_out_sst2(shared, root, a.train_examples, a.val_examples)
         seed_ids = [a.seed + i for i in range(a.seeds)]
         t = time.time()
         seeds = [one_seed(a, s, root, val_file) for s in seed_ids]

@@ -31,7 +31,6 @@ stay untouched); no MLflow logging.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import shlex
 import sys
@@ -39,6 +38,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from _common import train_run
 
 
 @dataclass
@@ -56,28 +57,11 @@ XLM_SHAPE = ("d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
 
 
 def run(overrides: list[str], label: str) -> dict:
-    """One in-process `train(compose_config(overrides))`, its final metrics, greedy val/bleu history
-    and wall time."""
-    import lightning as L
-
-    from lit_tf.cli.train import compose_config, train
-
-    class History(L.Callback):
-        def __init__(self) -> None:
-            self.points: list[tuple[int, float]] = []
-
-        def on_validation_end(self, trainer, pl_module) -> None:
-            if not trainer.sanity_checking and "val/bleu" in trainer.callback_metrics:
-                self.points.append((trainer.global_step, float(trainer.callback_metrics["val/bleu"])))
-
-    print(f"[{time.strftime('%H:%M:%S')}] {label}: python train.py {shlex.join(overrides)}", flush=True)
-    hist = History()
-    t0 = time.perf_counter()
-    m = train(compose_config(overrides), callbacks=[hist])
-    m["wall_s"] = time.perf_counter() - t0
-    m["bleu_history"] = hist.points
-    print(f"[{time.strftime('%H:%M:%S')}] {label}: {m['wall_s']:.0f} s; greedy val/bleu by step {hist.points}", flush=True)
-    gc.collect()
+    """One training run: its final metrics, greedy val/bleu history and wall time."""
+    m, points = train_run(overrides, label, "val/bleu")
+    m["bleu_history"] = points
+    print(f"[{time.strftime('%H:%M:%S')}] {label}: {m['wall_s']:.0f} s; greedy val/bleu by step "
+          f"{m['bleu_history']}", flush=True)
     return m
 
 
