@@ -65,9 +65,12 @@ def run(overrides: list[str], label: str) -> dict:
     return m
 
 
-def read_lines(path: Path, n: int) -> list[str]:
-    lines = path.read_text(encoding="utf-8").split("\n")
-    return [ln for ln in lines if ln.strip()][:n]
+def read_pairs(src: Path, tgt: Path, n: int) -> tuple[list[str], list[str]]:
+    """The first `n` line pairs of two aligned files where neither side is blank."""
+    from lit_tf.lit.callbacks import read_lines
+
+    pairs = [(s, t) for s, t in zip(read_lines(str(src), None), read_lines(str(tgt), None)) if s.strip() and t.strip()]
+    return [s for s, _ in pairs[:n]], [t for _, t in pairs[:n]]
 
 
 def perplexity(model, dm) -> float:
@@ -176,8 +179,7 @@ def report(a: argparse.Namespace, budget: Budget, root: Path) -> None:
         rows[name] = (m, score(hyps, references), time.perf_counter() - t0, loaded)
     # 4. speed: batched beam and greedy on sentences outside all training data
     laser = shared / "tatoeba_laser"
-    src = read_lines(laser / "tatoeba.spa-eng.eng", budget.timed)
-    ref = read_lines(laser / "tatoeba.spa-eng.spa", budget.timed)
+    src, ref = read_pairs(laser / "tatoeba.spa-eng.eng", laser / "tatoeba.spa-eng.spa", budget.timed)
     _, _, _, loaded = rows["from XLM"]
     model = loaded.model.eval()
     translate_texts(model, loaded.tokenizer, src[:32], beam)  # warm-up

@@ -136,7 +136,8 @@ def _train(cfg: DictConfig, callbacks: list, trial, resume: tuple[Path | None, d
     replicas, throughput, preemption = ReplicaCheck(), Throughput(cache_dir=str(cfg.paths.cache_dir)), Preemption()
     if run_end is not None:
         run_end.preemption = preemption
-    extra = [NonFiniteGuard(nonfinite), preemption, replicas, throughput, *([DatasetInputs(), MetricsBeforeCheckpoints()] if logger else []),
+    tracking_cbs = [DatasetInputs(), MetricsBeforeCheckpoints()] if logger else []
+    extra = [NonFiniteGuard(nonfinite), preemption, replicas, throughput, *tracking_cbs,
              *([pruning] if pruning else []), *built.callbacks, *callbacks]
     trainer = L.Trainer(**trainer_cfg, logger=logger or False, plugins=[AtomicCheckpointIO()],
                         callbacks=recipes.instantiate_callbacks(cfg, ckpt_dir) + extra, default_root_dir=str(out_dir))

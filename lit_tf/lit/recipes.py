@@ -123,13 +123,14 @@ def _warm_start_source(cfg: DictConfig, tracking_uri: str, where: str | None):
     if not cfg.get("init_from"):
         return None
     from lit_tf.lit.init_from import resolve_init
-    from lit_tf.models.families import family
+    from lit_tf.models.families import FAMILIES, family
 
     spec = family(cfg.model.get("family"))
     if spec.warm_start is None:
+        warm = "; ".join(f"{f.name} from {' or '.join(f.warm_start_from)}" for f in FAMILIES.values() if f.warm_start)
         raise LitTfError(f"init_from={cfg.init_from}: a {spec.name!r} pretraining run cannot start from another "
-                         "checkpoint (init_from is for fine-tuning, and for the families that take a warm start: "
-                         "seq2seq from XLM); use ckpt_path to resume a run")
+                         f"checkpoint (init_from is for fine-tuning, and for the families that take a warm start: "
+                         f"{warm}); use ckpt_path to resume a run")
     init = resolve_init(cfg.init_from, tracking_uri, where)
     takes = " or ".join(repr(f) for f in spec.warm_start_from)
     if init.kind == "hf":

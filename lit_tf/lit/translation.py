@@ -19,7 +19,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, pre_tokenizers
 from torch import nn
 
 from lit_tf.data.tokenizer import PAD
@@ -80,8 +80,7 @@ def detokenize(text: str) -> str:
 
 def splits_punctuation(tokenizer: Tokenizer) -> bool:
     """Whether decoding this tokenizer spaces out punctuation (its pre-tokenizer splits it off)."""
-    pre = tokenizer.pre_tokenizer
-    return pre is not None and type(pre).__name__ == "BertPreTokenizer"
+    return isinstance(tokenizer.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
 
 
 @torch.no_grad()

@@ -165,8 +165,6 @@ def _seq2seq_from_xlm(fields: Mapping[str, Any], objective: Mapping[str, Any], i
     """An encoder-decoder warm-started from an XLM checkpoint (Lample & Conneau, 2019): its shapes,
     layout, vocabulary and language embeddings; the data's source and target languages take the
     XLM's language ids. `copy`: load the XLM's weights (not when resuming)."""
-    if init.family != "xlm":
-        raise ValueError(f"a seq2seq model is warm-started from an XLM checkpoint, not a {init.family!r} one")
     languages = list(init.languages or [])
     for key, lang in (("data.src_lang", dm.src_lang), ("data.tgt_lang", dm.tgt_lang)):
         if init.config.use_lang_emb and lang not in languages:
